@@ -1,4 +1,4 @@
-"""Throwaway network namespaces for the tests, the lab and the benchmarks.
+"""Throwaway network namespaces for the lab, the tests and the benchmarks.
 
 Every namespace gets a per-run unique name and is removed on every exit path: normal exit,
 an exception, Ctrl-C (SIGINT), SIGTERM and SIGHUP. Nothing here touches the namespace of the
