@@ -1,0 +1,14 @@
+{#- saltext-lvs formula entry point: applies the LVS roles this minion has in the `lvs` pillar.
+    A minion is a real server when its id is listed under lvs:services:<name>:realservers, and
+    it stays in the real server state while it still manages VIPs (so that taking a host out
+    of every service removes its VIPs on the next run). Directors come with lvs_director. #}
+{%- set roles = salt['lvs_pillar.roles']() %}
+{%- set includes = [] %}
+{%- if 'realserver' in roles or salt['lvs_realserver.managed']().get('vips') %}
+{%-   do includes.append('lvs.realserver') %}
+{%- endif %}
+include: {{ includes | json }}
+
+lvs-roles:
+  test.nop:
+    - name: "lvs roles of {{ grains['id'] }}: {{ roles | join(', ') or 'none' }}"
