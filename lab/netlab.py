@@ -37,8 +37,9 @@ from lab.netns import Netns
 REPO = Path(__file__).resolve().parent.parent
 LAN = ipaddress.ip_network("198.51.100.0/24")
 LAN2 = ipaddress.ip_network("203.0.113.0/24")
-LAN6 = ipaddress.ip_network("2001:db8:100::/64")
+LAN6 = ipaddress.ip_network("2001:db8::/64")
 VIP = "198.51.100.100"
+VIP6 = "2001:db8::100"
 CLIENT = "198.51.100.10"
 DIRECTOR = "198.51.100.2"
 REALSERVERS = {"rs1": "198.51.100.11", "rs2": "198.51.100.12"}
@@ -116,14 +117,16 @@ class Lab:
     ``realservers`` maps a real server's name (its minion id) to its LAN address.
     ``second_nic`` maps real server names to an address on 203.0.113.0/24 for an ``eth1`` on a
     second bridge that does not face the VIP network. ``extra_hosts`` maps more host names to an
-    address on either LAN. ``ipv6`` also gives every eth0 an address in 2001:db8:100::/64.
+    address on either LAN. ``ipv6`` also gives every eth0 an address in 2001:db8::/64 and the director ``vip6``.
     """
 
     def __init__(self, realservers: dict[str, str] | None = None, *, vip: str = VIP,
+                 vip6: str = VIP6,
                  second_nic: dict[str, str] | None = None,
                  extra_hosts: dict[str, str] | None = None, ipv6: bool = True,
                  python: str = sys.executable, repo: Path = REPO):
         self.vip = vip
+        self.vip6 = vip6
         self.realserver_addresses = dict(REALSERVERS if realservers is None else realservers)
         self.second_nic = dict(second_nic or {})
         self.extra_hosts = dict(extra_hosts or {})
@@ -164,6 +167,8 @@ class Lab:
         for name, address in self.extra_hosts.items():
             self.add_host(name, address, role="host")
         self.director.ip("addr", "add", f"{self.vip}/{LAN.prefixlen}", "dev", "eth0")
+        if self.ipv6:
+            self.director.ip("addr", "add", f"{self.vip6}/{LAN6.prefixlen}", "dev", "eth0", "nodad")
 
     def close(self) -> None:
         for proc in self._procs:
@@ -215,7 +220,8 @@ class Lab:
         host.ip("link", "set", ifname, "address", nic.mac)
         host.ip("addr", "add", f"{address}/{net.prefixlen}", "dev", ifname)
         if self.ipv6 and net is LAN:
-            nic.address6 = str(LAN6[int(addr) & 0xFF])
+            # 198.51.100.11 -> 2001:db8::11, as in pillar.example
+            nic.address6 = str(ipaddress.ip_address(f"{LAN6.network_address}{int(addr) & 0xFF}"))
             host.ip("addr", "add", f"{nic.address6}/{LAN6.prefixlen}", "dev", ifname, "nodad")
         host.ip("link", "set", ifname, "up")
         host.nics[ifname] = nic
@@ -281,6 +287,14 @@ table netdev lvsdr {{
                        window: float = 0.3) -> set[str]:
         """Names of the hosts that answer one broadcast who-has for ``ip`` (default: the VIP)."""
         return {self.name_of(m) for m in self.arp_probe(ip, src, window)["macs"]}
+
+    def ndp_responders(self, ip: str | None = None, src: str = "client",
+                       window: float = 0.3) -> set[str]:
+        """IPv6: names of the hosts that advertise ``ip`` (default: the IPv6 VIP)."""
+        host = self.hosts[src]
+        res = host.ns.call(probes.ndp_probe, "eth0", ip or self.vip6, window,
+                           host.nics["eth0"].address6)
+        return {self.name_of(m) for m in res["macs"]}
 
     def arp_watch(self, ip: str | None = None, src: str = "client") -> "ArpWatch":
         return ArpWatch(self, ip or self.vip, src)

@@ -7,6 +7,7 @@ Every probe is bounded (a window, a deadline or a timeout) and prints one JSON d
 Sub-commands::
 
     arp         IFACE IP [--window S]            who answers ARP for IP (one broadcast who-has)
+    ndp         IFACE IP [--window S]            IPv6: who advertises IP (one neighbour solicitation)
     arp-watch   IFACE IP [--interval S] [--deadline S]
                                                  who-has every ~2 ms until SIGTERM/SIGINT/deadline
     arp-senders IFACE --mac MAC [--window S] [--count N]
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import ipaddress
 import json
 import os
 import select
@@ -142,6 +144,59 @@ def arp_probe(iface: str, target_ip: str, window: float = 0.3, src_ip: str | Non
         "probe": "arp", "iface": iface, "ip": target_ip, "window": window,
         "replies": replies, "macs": sorted({r["mac"] for r in replies}),
     }
+
+
+def ndp_probe(iface: str, target_ip: str, window: float = 0.3, src_ip: str | None = None) -> dict:
+    """IPv6: one Neighbour Solicitation for ``target_ip`` to its solicited-node group, and the
+    link-layer addresses of every Neighbour Advertisement for it during ``window`` seconds."""
+    target = ipaddress.IPv6Address(target_ip)
+    group = ipaddress.IPv6Address(int(ipaddress.IPv6Address("ff02::1:ff00:0")) | (int(target) & 0xFFFFFF))
+    ifindex = socket.if_nametoindex(iface)
+    own_mac = mac_bytes(iface_mac(iface))
+    replies = []
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+        if src_ip:
+            sock.bind((src_ip, 0, 0, ifindex))
+        sock.setblocking(False)
+        # type 135, code 0, checksum (the kernel fills it in), reserved, target, SLLA option
+        ns = struct.pack("!BBHI", 135, 0, 0, 0) + target.packed + bytes([1, 1]) + own_mac
+        start = time.monotonic()
+        sock.sendto(ns, (str(group), 0, 0, ifindex))
+        for now, data, _ in _drain_sock(sock, start + window):
+            if len(data) < 24 or data[0] != 136 or data[8:24] != target.packed:
+                continue
+            mac = None
+            opts = data[24:]
+            while len(opts) >= 8 and opts[1]:
+                if opts[0] == 2:  # target link-layer address
+                    mac = mac_str(opts[2:8])
+                opts = opts[opts[1] * 8:]
+            replies.append({"mac": mac, "t": round(now - start, 6)})
+    return {
+        "probe": "ndp", "iface": iface, "ip": target_ip, "window": window,
+        "replies": replies, "macs": sorted({r["mac"] for r in replies if r["mac"]}),
+    }
+
+
+def _drain_sock(sock: socket.socket, until: float):
+    """Like _drain, for datagram-style sockets: yields (time, data, source address)."""
+    while True:
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        ready, _, _ = select.select([sock], [], [], left)
+        if not ready:
+            return
+        while True:
+            try:
+                data, addr = sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            yield time.monotonic(), data, addr
 
 
 # --- (b) continuous who-has until told to stop --------------------------------------------------
@@ -349,6 +404,12 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=float, default=0.3)
     p.add_argument("--src-ip")
 
+    p = sub.add_parser("ndp", help="IPv6: one neighbour solicitation, every advertisement")
+    p.add_argument("iface")
+    p.add_argument("ip")
+    p.add_argument("--window", type=float, default=0.3)
+    p.add_argument("--src-ip")
+
     p = sub.add_parser("arp-watch", help="who-has every interval until SIGTERM or deadline")
     p.add_argument("iface")
     p.add_argument("ip")
@@ -380,6 +441,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "arp":
         out = arp_probe(args.iface, args.ip, args.window, args.src_ip)
+    elif args.cmd == "ndp":
+        out = ndp_probe(args.iface, args.ip, args.window, args.src_ip)
     elif args.cmd == "arp-watch":
         out = arp_watch(args.iface, args.ip, args.interval, args.deadline, ready=_say_ready)
     elif args.cmd == "arp-senders":
