@@ -1187,8 +1187,9 @@ def audit_observed(vip_addrs, observed, interfaces=None):
         held = []
         for a in observed.addrs_of(vip):
             link = observed.link_by_index(a.index)
-            held.append({"interface": link.name if link else a.index, "prefixlen": a.prefixlen,
-                         "label": a.label})
+            name = link.name if link else a.index
+            held.append({"interface": name, "prefixlen": a.prefixlen,
+                         "label": a.label if a.label != name else None})
         report_vips[str(vip)] = {"held_on": held}
         if not held:
             findings.append(_finding(
@@ -1216,13 +1217,15 @@ def audit_observed(vip_addrs, observed, interfaces=None):
                 ))
         if vip.version != 4:
             continue
+        facing = interfaces or arp_facing_interfaces(Vip(vip), observed)
         for name in capable:
-            if interfaces and name not in interfaces:
-                continue
+            # Errors on the NICs where requests for the VIP arrive; elsewhere (container veths,
+            # other subnets) a request for it is unlikely, so it is a warning.
+            severity = "error" if name in facing else "warning"
             if would_answer(vip, name, observed):
                 report_ifaces[name]["answers_arp_for"].append(str(vip))
                 findings.append(_finding(
-                    "error", vip, name,
+                    severity, vip, name,
                     f"{name} answers ARP for {vip} (effective arp_ignore "
                     f"{observed.effective(name, 'arp_ignore')} = max(all "
                     f"{observed.conf['all']['arp_ignore']}, {name} "
@@ -1232,7 +1235,7 @@ def audit_observed(vip_addrs, observed, interfaces=None):
             if would_leak(vip, name, observed):
                 report_ifaces[name]["leaks_as_sender"].append(str(vip))
                 findings.append(_finding(
-                    "error", vip, name,
+                    severity, vip, name,
                     f"{name} may send ARP requests with {vip} as sender (effective arp_announce "
                     f"{observed.effective(name, 'arp_announce')}): neighbours then map the VIP "
                     "to this host",

@@ -45,9 +45,10 @@ def __virtual__():
 def _comment(verb_test, verb_done, changes, test):
     if not changes:
         return "The real server is already as declared."
+    plural = {"address": "addresses", "sysctl": "sysctls", "file": "files"}
     parts = []
     for group, items in changes.items():
-        parts.append(f"{len(items)} {group}{'s' if len(items) != 1 else ''}")
+        parts.append(f"{len(items)} {group if len(items) == 1 else plural.get(group, group)}")
     return f"{verb_test if test else verb_done}: {', '.join(parts)}."
 
 
