@@ -927,7 +927,9 @@ def execute(plan, observed):
                         _apply_file(act)
                         journal.append(f"file {act.target}")
                     elif act.kind == "record":
-                        write_atomic(act.target, json.dumps(act.new, indent=1, sort_keys=True))
+                        text = json.dumps(act.new, indent=1, sort_keys=True)
+                        if _read_text(act.target) != text:  # a no-op run writes nothing
+                            write_atomic(act.target, text)
                     # "address" (adoption) is bookkeeping carried by the record
                 except OSError as err:
                     raise _StepFailed(act, err) from err
