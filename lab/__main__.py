@@ -25,7 +25,6 @@ import signal
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lab import saltenv
@@ -88,9 +87,7 @@ def deploy_all(lab: Lab, confs: dict[str, Path]) -> dict[str, tuple[dict, float]
         ret = saltenv.deploy_formula(confs[name], netns=lab.host(name).ns)
         return ret, time.monotonic() - start
 
-    with ThreadPoolExecutor(max_workers=len(confs)) as pool:
-        futures = {name: pool.submit(one, name) for name in confs}
-        return {name: fut.result() for name, fut in futures.items()}
+    return saltenv.in_parallel({name: (lambda n=name: one(n)) for name in confs})
 
 
 def run(args) -> int:

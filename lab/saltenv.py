@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,6 +150,16 @@ def deploy_formula(config_dir: Path, netns=None, venv: Path | None = None,
     """
     salt_call(config_dir, "saltutil.sync_all", netns=netns, venv=venv)
     return apply_state(config_dir, sls, netns=netns, venv=venv, test=test)
+
+
+def in_parallel(jobs: dict):
+    """Run ``{name: zero-argument callable}`` at once (one thread each, the work is in salt-call
+    subprocesses) and return ``{name: result}``; the first exception is re-raised."""
+    if not jobs:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        return {name: fut.result() for name, fut in futures.items()}
 
 
 def apply_state(config_dir: Path, sls: str = "lvs", netns=None, venv: Path | None = None,
