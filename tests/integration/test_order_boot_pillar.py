@@ -1,0 +1,181 @@
+"""Through salt-call in the lab: the order of kernel writes (recorded by strace, independent of the
+module), a simulated boot from the persisted files checked on the wire, and bad pillars."""
+
+import copy
+import ipaddress
+import json
+import re
+import shlex
+import struct
+import subprocess
+
+import pytest
+import yaml
+
+from lab import saltenv
+from lab.netlab import Lab
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = saltenv.REPO
+EXAMPLE = yaml.safe_load((REPO / "pillar.example").read_text())
+VIP = EXAMPLE["lvs"]["services"]["web"]["vip"]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with Lab() as lab:
+        yield lab
+
+
+def config(tmp_path, name, pillar=None):
+    conf = saltenv.make_local_config(tmp_path / name, name, pillar or REPO / "pillar.example")
+    return conf
+
+
+# With -xx strace prints every string, fd paths included, as \xNN escapes: decode both.
+WRITE = re.compile(r'write\(\d+<((?:\\x[0-9a-f]{2})+)>, "((?:\\x[0-9a-f]{2})*)"')
+SYSCTL_PATH = re.compile(r"/proc/sys/net/ipv4/conf/([^/]+)/(arp_\w+)$")
+# strace cannot always name the netlink protocol of a socket made inside a namespace, so the
+# address messages are decoded from their bytes: type 0x14 RTM_NEWADDR, 0x15 RTM_DELADDR.
+ADDR_MSG = re.compile(r'nlmsg_type=(0x14|0x15|RTM_NEWADDR|RTM_DELADDR)\b[^}]*\}, "((?:\\x[0-9a-f]{2})*)"')
+NAMES = {"0x14": "RTM_NEWADDR", "0x15": "RTM_DELADDR"}
+
+
+def _unhex(text):
+    return bytes.fromhex(text.replace("\\x", ""))
+
+
+def _ifaddr_address(payload):
+    """The IFA_LOCAL (else IFA_ADDRESS) of an ifaddrmsg payload, as text."""
+    family = payload[0]
+    offset, found = 8, {}
+    while offset + 4 <= len(payload):
+        length, kind = struct.unpack_from("=HH", payload, offset)
+        if length < 4:
+            break
+        found[kind] = payload[offset + 4 : offset + length]
+        offset += (length + 3) & ~3
+    raw = found.get(2) or found.get(1)
+    return str(ipaddress.ip_address(raw)) if raw and family in (2, 10) else None
+
+
+def traced_kernel_writes(argv, trace_file):
+    """Run argv under strace and return the kernel writes it made, in order:
+    ("sysctl", "eth0/arp_ignore", "1") and ("RTM_NEWADDR", "198.51.100.100")."""
+    cmd = ["strace", "-f", "-qq", "-y", "-xx", "-s", "65536", "-e", "trace=write,sendto",
+           "-e", "signal=none", "-o", str(trace_file), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    events = []
+    for line in trace_file.read_text().splitlines():
+        m = WRITE.search(line)
+        if m:
+            path = SYSCTL_PATH.search(_unhex(m.group(1)).decode())
+            if path:
+                events.append(("sysctl", f"{path.group(1)}/{path.group(2)}",
+                               _unhex(m.group(2)).decode().strip()))
+            continue
+        if "sendto(" not in line:
+            continue
+        for msg in ADDR_MSG.finditer(line):
+            payload = _unhex(msg.group(2))
+            address = _ifaddr_address(payload)
+            if address:
+                events.append((NAMES.get(msg.group(1), msg.group(1)), address))
+    return events
+
+
+def test_kernel_write_order_recorded_by_strace(lab, tmp_path):
+    """Deterministic proof of the safety order, from outside the module: suppression strictly
+    before the VIP appears; on removal the VIP goes strictly before suppression is relaxed."""
+    rs = lab.host("rs1")
+    conf = config(tmp_path, "rs1")
+    saltenv.salt_call(conf, "saltutil.sync_all", netns=rs.ns)
+    apply_argv = saltenv.salt_call_argv(conf, "state.apply", "lvs", netns=rs.ns)
+    events = traced_kernel_writes(apply_argv, tmp_path / "apply.trace")
+    sysctls = [i for i, e in enumerate(events) if e[0] == "sysctl"]
+    adds = [i for i, e in enumerate(events) if e[0] == "RTM_NEWADDR" and e[1] == VIP]
+    assert sysctls and adds, events
+    assert {events[i][1] for i in sysctls} == {"eth0/arp_ignore", "eth0/arp_announce"}
+    assert max(sysctls) < min(adds), f"VIP added before the suppression: {events}"
+
+    # take rs1 out of every service: the next run removes its VIPs, then relaxes
+    pillar = copy.deepcopy(EXAMPLE)
+    for svc in pillar["lvs"]["services"].values():
+        svc["realservers"].pop("rs1")
+    (tmp_path / "rs1" / "pillar" / "lvs.sls").write_text(json.dumps(pillar))
+    events = traced_kernel_writes(apply_argv, tmp_path / "remove.trace")
+    dels = [i for i, e in enumerate(events) if e[0] == "RTM_DELADDR" and e[1] == VIP]
+    relax = [i for i, e in enumerate(events) if e[0] == "sysctl"]
+    assert dels and relax, events
+    assert [events[i][2] for i in relax] == ["0", "0"]
+    assert max(dels) < min(relax), f"suppression relaxed while the VIP was held: {events}"
+    assert rs.arp_sysctls()["eth0"] == (0, 0)
+
+
+def test_boot_replay_of_the_persisted_files(lab, tmp_path):
+    """Persist on rs1, then 'boot' rs2, a fresh namespace that was never configured: run the
+    unit's commands in order and check the kernel after each step and the wire at the end."""
+    rs1, rs2 = lab.host("rs1"), lab.host("rs2")
+    conf = config(tmp_path, "rs1")
+    saltenv.deploy_formula(conf, netns=rs1.ns)
+    persist = tmp_path / "rs1" / "persist"
+    unit = (persist / "systemd" / "lvs-realserver.service").read_text()
+    wants = persist / "systemd" / "sysinit.target.wants" / "lvs-realserver.service"
+    assert wants.is_symlink(), "the unit must be enabled for boot"
+    execs = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert len(execs) == 2 and "sysctl" in execs[0] and "-batch" in execs[1]
+    assert "After=systemd-sysctl.service" in unit and "Before=network-pre.target" in unit
+
+    assert rs2.arp_sysctls()["eth0"] == (0, 0) and f"{VIP}/32" not in rs2.addresses("lo")
+    rs2.ns.run(*shlex.split(execs[0]))
+    assert rs2.arp_sysctls()["eth0"] == (1, 2)
+    assert f"{VIP}/32" not in rs2.addresses("lo"), "first step must not add the VIP"
+    rs2.ns.run(*shlex.split(execs[1]))
+    assert f"{VIP}/32" in rs2.addresses("lo")
+    assert "2001:db8::100/128" in rs2.addresses("lo")
+    # on the wire: only the director answers, and rs2's own ARP requests never carry the VIP
+    assert lab.arp_responders() == {"lb1"}
+    senders = lab.own_arp_senders("rs2")
+    assert senders and VIP not in senders, senders
+    # a second boot (the unit runs again) is harmless
+    rs2.ns.run(*shlex.split(execs[1]))
+    assert rs2.addresses("lo").count(f"{VIP}/32") == 1
+
+
+BAD_PILLARS = [
+    (("services", "web", "vip"), "10.0.0.300", "lvs:services:web:vip: '10.0.0.300' is not an IP"),
+    (("services", "web", "realservers", "rs1", "address"), VIP,
+     "lvs:services:web:realservers:rs1:address: '198.51.100.100' equals the service VIP"),
+    (("services", "web", "vip"), VIP + "/24", "lvs:services:web:vip: '198.51.100.100/24' has a prefix"),
+    (("services", "web", "method"), "masq", "lvs:services:web:method: 'masq' is not one of"),
+    (("services", "web", "ports"), [80, 65536], "lvs:services:web:ports:1: '65536' is not a port"),
+    (("services", "web", "realservers"), {}, "lvs:services:web:realservers: a service needs at least"),
+    (("realserver", "arp_method"), "magic", "lvs:realserver:arp_method: 'magic' is not one of"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", BAD_PILLARS, ids=[b[2].split(":")[-2] + ":" +
+                                                                 b[2].split(" ")[1] for b in BAD_PILLARS])
+def test_bad_pillar_fails_naming_the_key_and_changes_nothing(lab, tmp_path, path, value, message):
+    rs = lab.host("rs2")
+    pillar = copy.deepcopy(EXAMPLE)
+    node = pillar["lvs"]
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    conf = config(tmp_path, "rs2", pillar)
+    before = (rs.arp_sysctls(), rs.addresses("lo"), sorted(p.name for p in
+                                                            (tmp_path / "rs2" / "persist").rglob("*")))
+    saltenv.salt_call(conf, "saltutil.sync_all", netns=rs.ns)
+    proc = saltenv.salt_call_raw(conf, "state.apply", "lvs", netns=rs.ns)
+    assert proc.returncode != 0, "a bad pillar must fail the run"
+    result = saltenv.parse_local(proc)
+    failed = saltenv.failed_states(result)
+    assert [s["id"].split("_|-")[0] for s in failed] == ["lvs_realserver"]
+    assert message in failed[0]["comment"], failed[0]["comment"]
+    assert "Nothing was changed" in failed[0]["comment"]
+    after = (rs.arp_sysctls(), rs.addresses("lo"), sorted(p.name for p in
+                                                           (tmp_path / "rs2" / "persist").rglob("*")))
+    assert after == before
