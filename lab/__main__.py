@@ -12,7 +12,8 @@ that a TCP connection to the VIP through the director stand-in is answered by a 
 from the VIP, straight from the real server's MAC.
 
 Exit status: 0 when every expectation holds, 1 when one does not, 2 when the lab could not run
-(salt-call failed, missing tools), 130 on Ctrl-C. Namespaces are removed on every exit path.
+(salt-call failed, missing tools), 130 on Ctrl-C (143 on SIGTERM). Namespaces are removed on
+every exit path.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def tcp_rounds(lab: Lab, port: int, count: int) -> dict:
         "server_local": {r.get("server_local") for r in results if r.get("ok")},
         "sent_to": {m for r in results for m in r.get("sent_to", [])},
         "reply_from": {m for r in results for m in r.get("reply_from", [])},
-        "mismatch": [r for r in results if r.get("ok") and r.get("reply_from") != [r.get("server")]],
+        "mismatch": [r for r in results
+                     if r.get("ok") and r.get("reply_from") != [r.get("server")]],
         "errors": [r.get("error") for r in results if not r.get("ok")],
     }
 
@@ -133,7 +135,8 @@ def run(args) -> int:
                             if group == "file" and not args.verbose:
                                 rep.info(f"    file {target}")
                             elif isinstance(change, dict) and "old" in change:
-                                rep.info(f"    {group} {target}: {change['old']} -> {change['new']}")
+                                rep.info(f"    {group} {target}: "
+                                         f"{change['old']} -> {change['new']}")
                             else:
                                 rep.info(f"    {group} {target}: {json.dumps(change)}")
             seen = watch.responders
@@ -162,9 +165,11 @@ def run(args) -> int:
             lab.start_tcp_servers(80)
             tcp = tcp_rounds(lab, 80, args.connections)
             spread = ", ".join(f"{k} x{v}" for k, v in sorted(tcp["servers"].items()))
-            rep.check("tcp", len(tcp["ok"]) == args.connections and set(tcp["servers"]) <= set(rs_names),
+            errors = f"; errors: {tcp['errors'][:2]}" if tcp["errors"] else ""
+            rep.check("tcp", len(tcp["ok"]) == args.connections
+                      and set(tcp["servers"]) <= set(rs_names),
                       f"{len(tcp['ok'])}/{args.connections} connections to {lab.vip}:80 answered "
-                      f"by {spread or 'nobody'}" + (f"; errors: {tcp['errors'][:2]}" if tcp["errors"] else ""))
+                      f"by {spread or 'nobody'}{errors}")
             rep.check("tcp local", tcp["server_local"] == {f"{lab.vip}:80"},
                       f"the real server's local address was {names(tcp['server_local'])}")
             rep.check("direct return", tcp["sent_to"] == {"lb1"} and not tcp["mismatch"]
@@ -210,7 +215,14 @@ def main(argv=None) -> int:
     # Ctrl-C and SIGTERM unwind normally (Lab.__exit__ and the finally above run); lab.netns'
     # atexit hook removes whatever is left.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    got = {"signal": signal.SIGINT}
+
+    def on_term(signum, _frame):
+        got["signal"] = signum
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
     for tool in ("ip", "nft"):
         if not shutil.which(tool):
             print(f"lab: '{tool}' is missing; run tools/bootstrap", file=sys.stderr)
@@ -218,8 +230,9 @@ def main(argv=None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        print("\ninterrupted; namespaces removed", file=sys.stderr)
-        return 130
+        print(f"\n{signal.Signals(got['signal']).name}: stopped; namespaces removed",
+              file=sys.stderr)
+        return 128 + got["signal"]
     except saltenv.SaltCallError as err:
         print(f"\nlab: salt-call failed:\n{err}", file=sys.stderr)
         return 2

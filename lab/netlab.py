@@ -117,7 +117,8 @@ class Lab:
     ``realservers`` maps a real server's name (its minion id) to its LAN address.
     ``second_nic`` maps real server names to an address on 203.0.113.0/24 for an ``eth1`` on a
     second bridge that does not face the VIP network. ``extra_hosts`` maps more host names to an
-    address on either LAN. ``ipv6`` also gives every eth0 an address in 2001:db8::/64 and the director ``vip6``.
+    address on either LAN. ``ipv6`` also gives every eth0 an address in 2001:db8::/64 (rs1:
+    2001:db8::11, as in pillar.example) and the director the IPv6 VIP ``vip6``.
     """
 
     def __init__(self, realservers: dict[str, str] | None = None, *, vip: str = VIP,
@@ -266,12 +267,18 @@ class Lab:
         elements = ", ".join(f"{i} : {mac}" for i, mac in enumerate(macs))
         port_set = ", ".join(str(p) for p in ports)
         d = self.director
+        rule = " ".join([
+            f"ether daddr {d.mac} ip daddr {self.vip} tcp dport {{ {port_set} }} counter",
+            f"meta mark set jhash ip saddr . tcp sport mod {len(macs)}",
+            f"ether saddr set {d.mac} ether daddr set meta mark map @rs_mac",
+            'fwd to "eth0"',
+        ])
         ruleset = f"""
 table netdev lvsdr {{
   map rs_mac {{ type mark : ether_addr; elements = {{ {elements} }} }}
   chain ingress {{
     type filter hook ingress device "eth0" priority 0; policy accept;
-    ether daddr {d.mac} ip daddr {self.vip} tcp dport {{ {port_set} }} counter meta mark set jhash ip saddr . tcp sport mod {len(macs)} ether saddr set {d.mac} ether daddr set meta mark map @rs_mac fwd to "eth0"
+    {rule}
   }}
 }}
 """
@@ -322,7 +329,8 @@ table netdev lvsdr {{
             raise RuntimeError(f"probe {args} in {host} did not start: {line}{err}{out}")
         return proc
 
-    def finish_probe(self, proc: subprocess.Popen, timeout: float = 10.0, stop: bool = True) -> dict:
+    def finish_probe(self, proc: subprocess.Popen, timeout: float = 10.0,
+                     stop: bool = True) -> dict:
         if stop and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         try:
@@ -344,7 +352,8 @@ table netdev lvsdr {{
         would overwrite the client's (a router's) cache entry for that address."""
         host = self.hosts[name]
         cap = self.spawn_probe("client", "arp-senders", "eth0", "--mac", host.mac,
-                               "--window", str(window), "--count", "1")
+                               "--window", str(window), "--count", "1",
+                               "--target", self.client.address)
         host.ip("neigh", "flush", "all")
         host.ns.call(probes.udp_send, self.vip, self.client.address, 9)
         return set(self.finish_probe(cap, timeout=window + 5, stop=False)["sender_ips"])

@@ -7,10 +7,10 @@ Every probe is bounded (a window, a deadline or a timeout) and prints one JSON d
 Sub-commands::
 
     arp         IFACE IP [--window S]            who answers ARP for IP (one broadcast who-has)
-    ndp         IFACE IP [--window S]            IPv6: who advertises IP (one neighbour solicitation)
+    ndp         IFACE IP [--window S]            IPv6: who advertises IP (one solicitation)
     arp-watch   IFACE IP [--interval S] [--deadline S]
                                                  who-has every ~2 ms until SIGTERM/SIGINT/deadline
-    arp-senders IFACE --mac MAC [--window S] [--count N]
+    arp-senders IFACE --mac MAC [--window S] [--count N] [--target IP]
                                                  sender IPs of ARP requests sent by MAC
     udp-send    --src IP --dst IP [--port N]     one UDP datagram from a bound source address
                                                  (makes the kernel ARP for DST if it has no entry)
@@ -95,7 +95,8 @@ def _parse_arp(frame: bytes):
     """(eth_src, op, sha, spa, tha, tpa) for an Ethernet/IPv4 ARP frame, else None."""
     if len(frame) < 14 + ARP_LEN or frame[12:14] != b"\x08\x06":
         return None
-    htype, ptype, hlen, plen, op, sha, spa, tha, tpa = struct.unpack(ARP_FMT, frame[14:14 + ARP_LEN])
+    fields = struct.unpack(ARP_FMT, frame[14:14 + ARP_LEN])
+    htype, ptype, hlen, plen, op, sha, spa, tha, tpa = fields
     if htype != 1 or ptype != ETH_P_IP or hlen != 6 or plen != 4:
         return None
     return (mac_str(frame[6:12]), op, mac_str(sha), socket.inet_ntoa(spa),
@@ -150,7 +151,8 @@ def ndp_probe(iface: str, target_ip: str, window: float = 0.3, src_ip: str | Non
     """IPv6: one Neighbour Solicitation for ``target_ip`` to its solicited-node group, and the
     link-layer addresses of every Neighbour Advertisement for it during ``window`` seconds."""
     target = ipaddress.IPv6Address(target_ip)
-    group = ipaddress.IPv6Address(int(ipaddress.IPv6Address("ff02::1:ff00:0")) | (int(target) & 0xFFFFFF))
+    solicited_node = int(ipaddress.IPv6Address("ff02::1:ff00:0"))
+    group = ipaddress.IPv6Address(solicited_node | (int(target) & 0xFFFFFF))
     ifindex = socket.if_nametoindex(iface)
     own_mac = mac_bytes(iface_mac(iface))
     replies = []
@@ -263,8 +265,9 @@ def arp_watch(iface: str, target_ip: str, interval: float = 0.002, deadline: flo
 # --- (c) which sender IP does a host put in its own ARP requests --------------------------------
 
 def arp_senders(iface: str, mac: str, window: float = 2.0, count: int = 0,
-                grace: float = 0.2, ready=None) -> dict:
-    """Listen for ARP requests sent by ``mac`` and report their sender (and target) IPs.
+                grace: float = 0.2, ready=None, target: str | None = None) -> dict:
+    """Listen for ARP requests sent by ``mac`` (asking for ``target``, when given) and report
+    their sender (and target) IPs.
 
     Stops after ``window`` s, or ``grace`` s after the ``count``-th request when count > 0.
     """
@@ -280,7 +283,7 @@ def arp_senders(iface: str, mac: str, window: float = 2.0, count: int = 0,
             if arp is None:
                 continue
             eth_src, op, sha, spa, _tha, tpa = arp
-            if op == ARP_REQUEST and mac in (eth_src, sha):
+            if op == ARP_REQUEST and mac in (eth_src, sha) and target in (None, tpa):
                 requests.append({"sender_ip": spa, "target_ip": tpa, "t": round(now - start, 6)})
                 if count and len(requests) >= count:
                     end = min(end, now + grace)
@@ -300,7 +303,8 @@ def udp_send(src: str, dst: str, port: int = 9, payload: bytes = b"lvs-lab") -> 
 # --- (d) named TCP server and a client that reports the path --------------------------------------
 
 def tcp_server(port: int, name: str | None = None, deadline: float = 600.0, ready=None) -> dict:
-    """Answer each connection with ``"<name> <local ip>:<local port>\\n"`` until SIGTERM/deadline."""
+    """Answer each connection with ``"<name> <local ip>:<local port>\\n"`` until SIGTERM or
+    ``deadline`` seconds."""
     name = name or socket.gethostname()
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
@@ -367,7 +371,8 @@ def tcp_client(ip: str, port: int, iface: str | None = None, timeout: float = 3.
                 eth_dst, eth_src, sip, dip, sport, dport = parsed
                 if pkttype == PACKET_OUTGOING and dip == ip and dport == port and sport == local[1]:
                     to_macs.add(eth_dst)
-                elif pkttype != PACKET_OUTGOING and sip == ip and sport == port and dport == local[1]:
+                elif (pkttype != PACKET_OUTGOING and sip == ip and sport == port
+                      and dport == local[1]):
                     from_macs.add(eth_src)
             result.update(sent_to_macs=sorted(to_macs), reply_from_macs=sorted(from_macs))
     finally:
@@ -395,7 +400,8 @@ def _say_ready():
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.probes", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.probes",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("arp", help="one broadcast who-has, every reply in a window")
@@ -421,6 +427,7 @@ def main(argv=None) -> int:
     p.add_argument("--mac", required=True)
     p.add_argument("--window", type=float, default=2.0)
     p.add_argument("--count", type=int, default=0)
+    p.add_argument("--target", help="only requests asking for this IP")
 
     p = sub.add_parser("udp-send", help="one UDP datagram from a bound source")
     p.add_argument("--src", required=True)
@@ -446,7 +453,8 @@ def main(argv=None) -> int:
     elif args.cmd == "arp-watch":
         out = arp_watch(args.iface, args.ip, args.interval, args.deadline, ready=_say_ready)
     elif args.cmd == "arp-senders":
-        out = arp_senders(args.iface, args.mac, args.window, args.count, ready=_say_ready)
+        out = arp_senders(args.iface, args.mac, args.window, args.count, ready=_say_ready,
+                          target=args.target)
     elif args.cmd == "udp-send":
         udp_send(args.src, args.dst, args.port)
         out = {"probe": "udp-send", "src": args.src, "dst": args.dst, "port": args.port}

@@ -157,9 +157,14 @@ def in_parallel(jobs: dict):
     subprocesses) and return ``{name: result}``; the first exception is re-raised."""
     if not jobs:
         return {}
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=len(jobs))
+    try:
         futures = {name: pool.submit(job) for name, job in jobs.items()}
         return {name: fut.result() for name, fut in futures.items()}
+    finally:
+        # On Ctrl-C do not wait here for salt-call to finish: the caller's cleanup (deleting
+        # the namespaces) ends the salt-call processes, and with them these threads.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def apply_state(config_dir: Path, sls: str = "lvs", netns=None, venv: Path | None = None,
