@@ -52,7 +52,8 @@ def minion_overrides(master_address: str = SALT_ADDRESS, **extra) -> dict:
         "master": master_address,
         "pytest-minion": {
             "returner_address": {"host": master_address},
-            "log": {"host": master_address},
+            # info, not salt-factories' debug: see the master's fixture in test_master_minion
+            "log": {"host": master_address, "level": "info"},
         },
     }
     overrides.update(extra)
