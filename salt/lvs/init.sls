@@ -4,7 +4,9 @@
     of every service removes its VIPs on the next run). Directors come with lvs_director. #}
 {%- set roles = salt['lvs_pillar.roles']() %}
 {%- set includes = [] %}
-{%- if 'realserver' in roles or salt['lvs_realserver.managed']().get('vips') %}
+{#- lvs_realserver loads on Linux only: elsewhere the formula must still render #}
+{%- set managed = salt['lvs_realserver.managed']().get('vips') if 'lvs_realserver.managed' in salt else {} %}
+{%- if 'realserver' in roles or managed %}
 {%-   do includes.append('lvs.realserver') %}
 {%- endif %}
 include: {{ includes | json }}
