@@ -52,6 +52,23 @@ REALSERVER_DEFAULTS = {
 }
 # Where a real server holds the VIP, per forwarding method.
 VIP_DEVICE = {"dr": "lo", "tun": "tunl0"}
+# IPVS scheduler flags: the generic names and the named aliases ipvsadm knows.
+SCHED_FLAGS = {
+    "flag-1": 1, "flag-2": 2, "flag-3": 3,
+    "sh-fallback": 1, "sh-port": 2, "mh-fallback": 1, "mh-port": 2,
+}
+TUN_TYPES = ("ipip", "gue", "gre")
+TUN_CSUM = ("nocsum", "csum", "remcsum")
+DIRECTOR_DEFAULTS = {
+    "interface": None,
+    "services": None,  # None: every service in lvs:services
+    "prune": False,  # remove IPVS services the pillar does not name
+    "label": None,
+    "garp_count": 3,
+    "garp_interval": 0.2,
+    "expire_nodest_conn": True,
+    "expire_quiescent_template": True,
+}
 
 
 def __virtual__():
@@ -138,6 +155,18 @@ def _validate_service(name, svc, errors):
     if not _is_int(persistence) or persistence < 0:
         errors.append(f"{key}:persistence: '{persistence}' must be an integer of seconds >= 0")
     out["persistence"] = persistence
+    out["scheduler_flags"] = _sched_flags(svc.get("scheduler_flags", []), f"{key}:scheduler_flags",
+                                          errors)
+    netmask = svc.get("persistence_netmask")
+    if netmask is not None:
+        netmask = _persistence_netmask(netmask, vip, f"{key}:persistence_netmask", errors)
+    out["persistence_netmask"] = netmask
+    ops = svc.get("one_packet", False)
+    if not isinstance(ops, bool):
+        errors.append(f"{key}:one_packet: '{ops}' must be true or false")
+    elif ops and protocol != "udp":
+        errors.append(f"{key}:one_packet: one-packet scheduling is for udp services only")
+    out["one_packet"] = ops
 
     rs_key = f"{key}:realservers"
     realservers = svc.get("realservers")
@@ -174,7 +203,100 @@ def _validate_service(name, svc, errors):
         weight = rs.get("weight", 1)
         if not _is_int(weight) or not 0 <= weight <= 65535:
             errors.append(f"{rkey}:weight: '{weight}' must be an integer from 0 to 65535")
-        out["realservers"][str(rs_id)] = {"address": address, "weight": weight}
+        entry = {"address": address, "weight": weight}
+        for name in ("upper_threshold", "lower_threshold"):
+            value = rs.get(name, 0)
+            if not _is_int(value) or not 0 <= value <= 0xFFFFFFFF:
+                errors.append(f"{rkey}:{name}: '{value}' must be an integer >= 0 (0 = none)")
+            entry[name] = value
+        if entry["upper_threshold"] and entry["lower_threshold"] > entry["upper_threshold"]:
+            errors.append(f"{rkey}:lower_threshold: greater than upper_threshold")
+        port = rs.get("port")
+        if port is not None:
+            if method != "nat":
+                errors.append(f"{rkey}:port: only NAT can map ports; DR and TUN real servers "
+                              "listen on the service port")
+            elif not _is_int(port) or not 1 <= port <= 65535:
+                errors.append(f"{rkey}:port: '{port}' is not a port from 1 to 65535")
+        entry["port"] = port
+        tun_type = rs.get("tun_type", svc.get("tun_type"))
+        if tun_type is not None:
+            if method != "tun":
+                errors.append(f"{rkey}:tun_type: only for method tun")
+            else:
+                _check_choice(tun_type, TUN_TYPES, f"{rkey}:tun_type", errors)
+        entry["tun_type"] = tun_type
+        tun_port = rs.get("tun_port", svc.get("tun_port"))
+        if tun_type == "gue" and (not _is_int(tun_port) or not 1 <= tun_port <= 65535):
+            errors.append(f"{rkey}:tun_port: gue needs the UDP port of the real server's FOU "
+                          "receiver (1..65535)")
+        entry["tun_port"] = tun_port
+        tun_csum = rs.get("tun_csum", svc.get("tun_csum"))
+        if tun_csum is not None:
+            _check_choice(tun_csum, TUN_CSUM, f"{rkey}:tun_csum", errors)
+        entry["tun_csum"] = tun_csum
+        out["realservers"][str(rs_id)] = entry
+    return out
+
+
+def _sched_flags(flags, key, errors):
+    if isinstance(flags, str):
+        flags = [f.strip() for f in flags.split(",") if f.strip()]
+    if not isinstance(flags, list):
+        errors.append(f"{key}: expected a list such as [sh-fallback, sh-port]")
+        return []
+    out = []
+    for idx, flag in enumerate(flags):
+        if flag not in SCHED_FLAGS:
+            errors.append(f"{key}:{idx}: '{flag}' is not one of {', '.join(SCHED_FLAGS)}")
+        else:
+            out.append(flag)
+    return out
+
+
+def _persistence_netmask(value, vip, key, errors):
+    """IPv4: a dotted mask or a prefix length; IPv6: a prefix length. Returned as prefix length."""
+    if vip is None:
+        return None
+    try:
+        if vip.version == 4 and isinstance(value, str) and "." in value:
+            return ipaddress.ip_network(f"0.0.0.0/{value}").prefixlen
+        plen = int(value)
+    except (ValueError, TypeError):
+        errors.append(f"{key}: '{value}' is not a netmask")
+        return None
+    if not 0 < plen <= vip.max_prefixlen:
+        errors.append(f"{key}: '{value}' is out of range for an IPv{vip.version} VIP")
+        return None
+    return plen
+
+
+def _validate_director(director, key, services, errors):
+    out = dict(DIRECTOR_DEFAULTS)
+    for name in sorted(set(director) - set(DIRECTOR_DEFAULTS)):
+        errors.append(f"{key}:{name}: unknown key (known: {', '.join(DIRECTOR_DEFAULTS)})")
+    out.update({k: v for k, v in director.items() if k in DIRECTOR_DEFAULTS})
+    if not isinstance(out["interface"], str) or not out["interface"]:
+        errors.append(f"{key}:interface: missing or not an interface name")
+    if out["services"] is not None:
+        if not isinstance(out["services"], list):
+            errors.append(f"{key}:services: expected a list of service names")
+            out["services"] = None
+        else:
+            for idx, name in enumerate(out["services"]):
+                if name not in services:
+                    errors.append(f"{key}:services:{idx}: '{name}' is not in lvs:services")
+    for name in ("prune", "expire_nodest_conn", "expire_quiescent_template"):
+        if not isinstance(out[name], bool):
+            errors.append(f"{key}:{name}: '{out[name]}' must be true or false")
+    if not _is_int(out["garp_count"]) or not 0 <= out["garp_count"] <= 100:
+        errors.append(f"{key}:garp_count: '{out['garp_count']}' must be an integer from 0 to 100")
+    if not isinstance(out["garp_interval"], (int, float)) or isinstance(
+        out["garp_interval"], bool
+    ) or not 0 <= out["garp_interval"] <= 10:
+        errors.append(f"{key}:garp_interval: '{out['garp_interval']}' must be seconds from 0 to 10")
+    if out["label"] is not None and not isinstance(out["label"], str):
+        errors.append(f"{key}:label: '{out['label']}' must be a string")
     return out
 
 
@@ -229,23 +351,23 @@ def _model(lvs=None):
         lvs = __pillar__.get("lvs", {})  # pylint: disable=undefined-variable
     errors = []
     lvs = _check_mapping(lvs, "lvs", errors, required=False)
-    unknown = sorted(set(lvs) - {"services", "directors", "realserver"})
+    unknown = sorted(set(lvs) - {"services", "directors", "director", "realserver"})
     for name in unknown:
-        errors.append(f"lvs:{name}: unknown key (known: services, directors, realserver)")
+        errors.append(f"lvs:{name}: unknown key (known: services, directors, director, realserver)")
     services = _check_mapping(lvs.get("services"), "lvs:services", errors, required=False)
     model = {"services": {}, "directors": {}, "realserver": None}
     for name, svc in services.items():
         parsed = _validate_service(name, svc, errors)
         if parsed is not None:
             model["services"][str(name)] = parsed
+    shared = _check_mapping(lvs.get("director"), "lvs:director", errors, required=False)
     directors = _check_mapping(lvs.get("directors"), "lvs:directors", errors, required=False)
     for name, director in directors.items():
         dkey = f"lvs:directors:{name}"
         director = _check_mapping(director, dkey, errors)
-        iface = director.get("interface")
-        if not isinstance(iface, str) or not iface:
-            errors.append(f"{dkey}:interface: missing or not an interface name")
-        model["directors"][str(name)] = dict(director)
+        model["directors"][str(name)] = _validate_director(
+            {**shared, **director}, dkey, model["services"], errors
+        )
     model["realserver"] = _validate_realserver_defaults(lvs.get("realserver"), errors)
     _check_vip_methods(model, errors)
     if errors:
@@ -325,6 +447,27 @@ def realserver(minion_id=None, lvs=None):
         "interfaces": defaults["interfaces"],
         "persist": defaults["persist"],
     }
+
+
+def director(minion_id=None, lvs=None):
+    """
+    What this minion has to do as a director, derived from the pillar: its options and the
+    services it balances (all of ``lvs:services`` unless ``lvs:directors:<id>:services`` names
+    some), each with its real servers.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' lvs_pillar.director
+    """
+    model = _model(lvs)
+    minion_id = _minion_id(minion_id)
+    options = model["directors"].get(minion_id)
+    if options is None:
+        return {"options": None, "services": {}}
+    names = options["services"] or list(model["services"])
+    return _plain({"options": options, "services": {n: model["services"][n] for n in names}})
 
 
 def roles(minion_id=None, lvs=None):

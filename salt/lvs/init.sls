@@ -1,13 +1,17 @@
 {#- saltext-lvs formula entry point: applies the LVS roles this minion has in the `lvs` pillar.
     A minion is a real server when its id is listed under lvs:services:<name>:realservers, and
     it stays in the real server state while it still manages VIPs (so that taking a host out
-    of every service removes its VIPs on the next run). Directors come with lvs_director. #}
+    of every service removes its VIPs on the next run). Directors likewise. #}
 {%- set roles = salt['lvs_pillar.roles']() %}
 {%- set includes = [] %}
 {#- lvs_realserver loads on Linux only: elsewhere the formula must still render #}
 {%- set managed = salt['lvs_realserver.managed']().get('vips') if 'lvs_realserver.managed' in salt else {} %}
 {%- if 'realserver' in roles or managed %}
 {%-   do includes.append('lvs.realserver') %}
+{%- endif %}
+{%- set directing = salt['lvs_director.managed']().get('services') if 'lvs_director.managed' in salt else {} %}
+{%- if 'director' in roles or directing %}
+{%-   do includes.append('lvs.director') %}
 {%- endif %}
 include: {{ includes | json }}
 
