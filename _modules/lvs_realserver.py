@@ -43,6 +43,7 @@ import logging
 import os
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ __virtualname__ = "lvs_realserver"
 
 PROC_CONF = "/proc/sys/net/ipv4/conf"
 ARP_KEYS = ("arp_ignore", "arp_announce")
+# read with them: TUN real servers need rp_filter effectively 0 or 2 on the tunnel device
+CONF_KEYS = (*ARP_KEYS, "rp_filter")
 # Effective arp_ignore values that keep an interface quiet about a VIP held on lo or tunl0.
 # 3 does not: it still answers for scope-global addresses; 4-7 are "reply" in arp.c.
 QUIET_ARP_IGNORE = (1, 2, 8)
@@ -91,6 +94,7 @@ NLM_F_ACK = 0x4
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 NLM_F_DUMP = 0x300
+RTM_NEWLINK = 16
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
@@ -222,6 +226,11 @@ def addr_request(kind, addr, prefixlen, index, label=None):
     return kind, nl_flags, payload
 
 
+def link_up_request(index):
+    """The rtnetlink payload that sets IFF_UP on a link (``ip link set DEV up``)."""
+    return RTM_NEWLINK, 0, _IFINFOMSG.pack(0, 0, index, IFF_UP, IFF_UP)
+
+
 # --------------------------------------------------------------------------------------------
 # Observe
 # --------------------------------------------------------------------------------------------
@@ -273,7 +282,7 @@ class Observed:
 
     def effective(self, iface, key):
         """The value the kernel uses on ``iface``: max(conf/all, conf/<iface>)."""
-        return max(self.conf["all"][key], self.conf.get(iface, {}).get(key, 0))
+        return max(self.conf["all"].get(key, 0), self.conf.get(iface, {}).get(key, 0))
 
 
 def _read_int(path):
@@ -285,12 +294,13 @@ def read_arp_conf(names):
     conf = {}
     for name in names:
         values = {}
-        for key in ARP_KEYS:
+        for key in CONF_KEYS:
             try:
                 values[key] = _read_int(f"{PROC_CONF}/{name}/{key}")
             except FileNotFoundError:
-                values = None
-                break
+                if key in ARP_KEYS:
+                    values = None
+                    break
         if values is not None:
             conf[name] = values
     return conf
@@ -582,6 +592,30 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
             rec_sysctl.setdefault(name, {"original": value, "path": f"{PROC_CONF}/{conf}/{key}"})
             rec_sysctl[name]["set"] = want
 
+    # TUN: the tunnel device must be up, and rp_filter on it effectively 0 or 2: after
+    # decapsulation the client's packet arrives on tunl0, which strict mode (1) drops because
+    # the route back to the client is not via tunl0. Loose (2) on the device wins over
+    # all=1 without touching conf/all (the kernel takes the max).
+    brought_up = set()
+    for vip in spec.vips:
+        link = observed.links[vip.device]
+        if vip.device == "lo":
+            continue
+        if not link.flags & IFF_UP and vip.device not in brought_up:
+            brought_up.add(vip.device)
+            actions.append(Action("link", vip.device, "down", "up", {"index": link.index}))
+        name = sysctl_name(vip.device, "rp_filter")
+        if vip.address.version == 4 and observed.effective(vip.device, "rp_filter") == 1:
+            path = f"{PROC_CONF}/{vip.device}/rp_filter"
+            if name not in (a.target for a in actions):
+                current = observed.conf.get(vip.device, {}).get("rp_filter", 0)
+                actions.append(Action("sysctl", name, current, 2, {"path": path}))
+                rec_sysctl.setdefault(name, {"original": current, "path": path})
+                rec_sysctl[name]["set"] = 2
+                persist_values[name] = 2
+        elif vip.address.version == 4 and name in rec_sysctl:
+            persist_values[name] = observed.conf.get(vip.device, {}).get("rp_filter", 0)
+
     # What stays managed after this run, and which suppression it needs.
     keep = dict(desired)
     if not exclusive:
@@ -590,10 +624,16 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
                 addr, Vip(ipaddress.ip_address(addr), info["device"], info.get("label"))
             )
     still_needed = _needed_conf(tuple(keep.values()), observed, spec, [])
+    tunnel_devices = {v.device for v in keep.values() if v.device != "lo" and v.address.version == 4}
+
+    def needed(path):
+        conf, key = path.split("/")[-2:]
+        return conf in (tunnel_devices if key == "rp_filter" else still_needed)
+
     relax = []
     for name, info in sorted(rec_sysctl.items()):
         conf = info["path"].split("/")[-2]
-        if conf in still_needed:
+        if needed(info["path"]):
             continue
         key = info["path"].rsplit("/", 1)[1]
         current = observed.conf.get(conf, {}).get(key)
@@ -695,15 +735,15 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
         rec_sysctl.pop(act.target, None)
     for name, info in list(rec_sysctl.items()):
         conf = info["path"].split("/")[-2]
-        if conf not in still_needed and observed.conf.get(conf) is None:
+        if not needed(info["path"]) and observed.conf.get(conf) is None:
             rec_sysctl.pop(name)  # interface gone
-        elif conf not in still_needed and any(w.startswith(name + " ") for w in warnings):
+        elif not needed(info["path"]) and any(w.startswith(name + " ") for w in warnings):
             rec_sysctl.pop(name)  # changed by someone else: no longer ours
     if spec.persist:
         final_persist = {
             name: value
             for name, value in {**_persisted_sysctls(paths), **persist_values}.items()
-            if _conf_of(name) in still_needed
+            if needed(_sysctl_path(name))
         }
         text = render_sysctl_file(final_persist) if final_persist else None
         _file_action(actions, paths["sysctl_file"], text)
@@ -716,6 +756,14 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
     record_after["options"] = {"scope": spec.scope, "interfaces": list(spec.interfaces or [])}
     actions.append(Action("record", paths["state_file"], new=record_after))
     return Plan(actions=_drop_noop_files(actions), warnings=warnings, record=record_after)
+
+
+def _sysctl_path(name):
+    """net.ipv4.conf.eth0.arp_ignore (or the slash form) -> /proc/sys/net/ipv4/conf/eth0/..."""
+    if name.startswith("net/"):
+        return f"/proc/sys/{name}"
+    conf, key = name[len("net.ipv4.conf.") :].rsplit(".", 1)
+    return f"{PROC_CONF}/{conf}/{key}"
 
 
 def _conf_of(name):
@@ -923,6 +971,11 @@ def execute(plan, observed):
                     if act.kind == "sysctl":
                         _write_sysctl(act.data["path"], act.new)
                         journal.append(f"sysctl {act.target}={act.new}")
+                    elif act.kind == "link":
+                        (code,) = nl.batch([link_up_request(act.data["index"])])
+                        if code:
+                            raise OSError(code, os.strerror(code))
+                        journal.append(f"link {act.target} up")
                     elif act.kind == "file":
                         _apply_file(act)
                         journal.append(f"file {act.target}")
@@ -1016,11 +1069,49 @@ def _resolve(vips, scope, interfaces, persist, device, label):
     )
 
 
+TUNNEL_MODULES = {"tunl0": "ipip"}
+ARPHRD_TUNNEL = 768
+
+
+def ensure_tunnel_devices(spec, observed, test):
+    """Load the module that creates a missing tunnel device (tunl0: ipip).
+
+    In test mode nothing is loaded: the plan is made against the device the module would
+    create (down, NOARP, sysctls from conf/default), so the prediction stays exact.
+    """
+    missing = sorted(
+        {v.device for v in spec.vips if v.device in TUNNEL_MODULES} - set(observed.links)
+    )
+    if not missing:
+        return observed, {}
+    changes = {
+        "kmod": {TUNNEL_MODULES[d]: {"old": "not loaded", "new": f"loaded ({d})"} for d in missing}
+    }
+    if test:
+        links = dict(observed.links)
+        conf = dict(observed.conf)
+        for dev in missing:
+            links[dev] = Link(-1, dev, IFF_NOARP, ARPHRD_TUNNEL)
+            conf[dev] = dict(observed.conf["default"])
+        return Observed(links=links, addrs=observed.addrs, conf=conf), changes
+    for dev in missing:
+        proc = subprocess.run(["modprobe", TUNNEL_MODULES[dev]], capture_output=True, text=True,
+                              check=False)
+        observed = observe()
+        if dev not in observed.links:
+            raise CommandExecutionError(
+                f"{dev} does not exist and 'modprobe {TUNNEL_MODULES[dev]}' did not create it "
+                f"({proc.stderr.strip() or 'exit ' + str(proc.returncode)}); nothing was changed"
+            )
+    return observed, changes
+
+
 def _run(spec, paths, exclusive, test):
     observed = observe()
+    observed, loaded = ensure_tunnel_devices(spec, observed, test)
     record = read_record(paths["state_file"])
     plan = plan_changes(spec, observed, record, paths, exclusive=exclusive)
-    changes = plan.changes()
+    changes = {**loaded, **plan.changes()}
     ret = {"changes": changes, "warnings": plan.warnings, "test": bool(test)}
     if test:
         ret["journal"] = []

@@ -341,3 +341,62 @@ def test_audit_of_a_missing_vip_and_of_a_vip_on_a_nic():
     assert any(f["severity"] == "error" and "an ARP interface" in f["message"]
                for f in report["findings"])
     assert report["ok"] is False
+
+
+# ---------------------------------------------------------------------------------------------
+# TUN real servers
+
+
+TUNL0 = 5
+
+
+def tun_observed(rp_all=1, up=False, vip_held=False):
+    links = {
+        "lo": rs.Link(LO, "lo", rs.IFF_LOOPBACK | rs.IFF_UP, 772),
+        "eth0": rs.Link(ETH0, "eth0", rs.IFF_UP, rs.ARPHRD_ETHER),
+        "tunl0": rs.Link(TUNL0, "tunl0", rs.IFF_NOARP | (rs.IFF_UP if up else 0), 768),
+    }
+    obs = observed(links=links, conf={"all": {"rp_filter": rp_all}, "tunl0": {"rp_filter": 0}})
+    obs.addrs = [a for a in obs.addrs if a.index != ETH1]
+    if vip_held:
+        obs.addrs.append(rs.Addr(ip("203.0.113.100"), 32, TUNL0))
+        obs.conf["tunl0"]["rp_filter"] = 2
+        obs.conf["eth0"].update(arp_ignore=1, arp_announce=2)
+        obs.links["tunl0"] = rs.Link(TUNL0, "tunl0", rs.IFF_NOARP | rs.IFF_UP, 768)
+    return obs
+
+
+def test_tun_vip_brings_tunl0_up_and_loosens_rp_filter_before_the_vip():
+    vip = {"address": "203.0.113.100", "device": "tunl0"}
+    plan = rs.plan_changes(spec([vip]), tun_observed(), None, paths_dummy())
+    steps = kinds(plan)
+    assert steps.index(("link", "tunl0")) < steps.index(("addr_add", "203.0.113.100/32 dev tunl0"))
+    assert steps.index(("sysctl", "net.ipv4.conf.tunl0.rp_filter")) < steps.index(
+        ("addr_add", "203.0.113.100/32 dev tunl0"))
+    changes = plan.changes()
+    assert changes["sysctl"]["net.ipv4.conf.tunl0.rp_filter"] == {"old": 0, "new": 2}
+    assert "net.ipv4.conf.all.rp_filter" not in changes["sysctl"], "conf/all is never touched"
+    # the VIP is not on eth0's subnet: eth0 still gets the ARP suppression (same segment)
+    assert "net.ipv4.conf.eth0.arp_ignore" in changes["sysctl"]
+    # removal: VIP first, then rp_filter back
+    after = rs.plan_changes(spec([]), tun_observed(vip_held=True), plan.record, paths_dummy())
+    steps = kinds(after)
+    assert steps[0] == ("addr_del", "203.0.113.100/32 dev tunl0")
+    assert ("sysctl", "net.ipv4.conf.tunl0.rp_filter") in steps[1:]
+
+
+def test_tun_with_loose_or_off_rp_filter_needs_no_change():
+    vip = {"address": "203.0.113.100", "device": "tunl0"}
+    for rp_all in (0, 2):
+        plan = rs.plan_changes(spec([vip]), tun_observed(rp_all=rp_all, up=True), None,
+                               paths_dummy())
+        assert "net.ipv4.conf.tunl0.rp_filter" not in plan.changes().get("sysctl", {})
+
+
+def test_missing_tunl0_is_predicted_in_test_mode():
+    obs = observed()
+    tun_spec = spec([{"address": "203.0.113.100", "device": "tunl0"}])
+    synthetic, changes = rs.ensure_tunnel_devices(tun_spec, obs, test=True)
+    assert changes == {"kmod": {"ipip": {"old": "not loaded", "new": "loaded (tunl0)"}}}
+    plan = rs.plan_changes(tun_spec, synthetic, None, paths_dummy())
+    assert ("link", "tunl0") in kinds(plan)
