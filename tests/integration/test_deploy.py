@@ -28,9 +28,10 @@ from lab import netlab, saltenv
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 VENV = saltenv.default_venv()
-EXTENSION_FILES = {  # what must reach the minion, by Salt loader type
-    "modules": ["lvs_realserver.py", "lvs_pillar.py"],
-    "states": ["lvs_realserver.py"],
+# What must reach the minion either way: every loader file in the repository, by Salt type.
+EXTENSION_FILES = {
+    kind: sorted(p.name for p in (saltenv.REPO / f"_{kind}").glob("*.py"))
+    for kind in ("modules", "states", "beacons")
 }
 
 
@@ -88,30 +89,66 @@ def test_venv_has_no_installed_extension():
 # (a) pip install, entry point, no sync
 
 
+# What `pip install <repo>` reads: setup.py and its neighbours at the top, the loader folders.
+DIST_DIRS = ("_modules", "_states", "_beacons")
+
+
+def copy_dist_sources(repo_root: pathlib.Path, dest: pathlib.Path) -> None:
+    """The working tree's distribution inputs (uncommitted edits included), nothing else."""
+    dest.mkdir(parents=True)
+    for entry in repo_root.iterdir():
+        if entry.is_file() and not entry.name.startswith("."):
+            shutil.copy2(entry, dest / entry.name)
+    for folder in DIST_DIRS:
+        if (repo_root / folder).is_dir():
+            shutil.copytree(repo_root / folder, dest / folder,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def offline_build_options() -> tuple[list[str], dict]:
+    """Build with the venv's own setuptools when it can make wheels by itself.
+
+    pytest runs in a namespace without a route to the package index, so pip's default isolated
+    build (which downloads setuptools and wheel into a throwaway env) cannot work on a machine
+    whose only package source is the network. setuptools >= 70.1 builds wheels alone; older
+    ones need the `wheel` package next to them.
+    """
+    probe = (
+        "import setuptools, importlib.util as u;"
+        "v = tuple(int(x) for x in setuptools.__version__.split('.')[:2]);"
+        "print(v >= (70, 1) or u.find_spec('wheel') is not None)"
+    )
+    out = subprocess.run([str(VENV / "bin" / "python"), "-c", probe], capture_output=True,
+                         text=True, env=plain_env()).stdout.strip()
+    if out == "True":
+        return ["--no-build-isolation"], {}
+    # Isolated build: works only where a local package index is configured (pip.conf). Do not
+    # let pip retry the unreachable network index 5 times per build dependency (25 s) first;
+    # the environment variable also reaches pip's build-dependency subprocess, --retries not.
+    return [], {"PIP_RETRIES": "0"}
+
+
 @pytest.fixture(scope="module")
 def pip_target(repo_root, tmp_path_factory):
-    """``pip install --no-deps --target DIR`` of a copy of the working tree.
+    """``pip install --no-deps --target DIR`` of the working tree.
 
     pip builds a local directory in place (setuptools writes build/ and *.egg-info next to
     setup.py), so it builds from a copy: the shared checkout stays clean and parallel runs do not
-    race. The copy holds what git would ship (tracked and untracked, minus .gitignore'd).
+    race.
     """
     base = tmp_path_factory.mktemp("pip")
     src, target = base / "src", base / "target"
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=repo_root, capture_output=True, check=True,
-    ).stdout.split(b"\0")
-    for rel in filter(None, (f.decode() for f in files)):
-        if (repo_root / rel).is_file():
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(repo_root / rel, src / rel)
+    copy_dist_sources(repo_root, src)
+    args, env = offline_build_options()
     proc = subprocess.run(
         [str(VENV / "bin" / "pip"), "install", "--no-deps", "--disable-pip-version-check",
-         "--target", str(target), str(src)],
-        capture_output=True, text=True, env=plain_env(), timeout=600,
+         *args, "--target", str(target), str(src)],
+        capture_output=True, text=True, env=plain_env(**env), timeout=600,
     )
-    assert proc.returncode == 0, f"pip install failed:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, (
+        f"pip install failed:\n{proc.stdout}\n{proc.stderr}\n(the tests' namespace has no "
+        "network: the venv needs `wheel` or setuptools>=70.1 to build offline)"
+    )
     return target
 
 
@@ -128,6 +165,7 @@ def pip_config(tmp_path_factory):
 
 
 def test_pip_install_ships_the_loader_dirs(pip_target, repo_root):
+    assert EXTENSION_FILES["modules"] and EXTENSION_FILES["states"]
     pkg = pip_target / "saltext_lvs"
     for kind, names in EXTENSION_FILES.items():
         for name in names:
