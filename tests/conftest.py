@@ -197,20 +197,30 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
-_FOLDER_MARKERS = {"unit": "unit", "functional": "functional", "integration": "integration"}
+_FOLDER_MARKERS = {"unit", "functional", "integration", "kernel"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests get the marker of their folder (tests/unit -> unit, ...) so `-m unit` just works."""
+    """Tests get the marker of their folder (tests/unit -> unit, ...) so `-m unit` just works.
+
+    ``kernel`` tests need IPVS/ipip/dummy and run only in the kernel lane's VM (LVT_GUEST=1,
+    tools/kernel-lane/run-tests); a host session deselects them wherever they live. Deselected,
+    not skipped: `./tests/run -m kernel` on a host then runs nothing, which tests/run fails.
+    """
     tests_dir = REPO_ROOT / "tests"
     for item in items:
         try:
             rel = pathlib.Path(item.path).resolve().relative_to(tests_dir)
         except ValueError:
             continue
-        marker = _FOLDER_MARKERS.get(rel.parts[0]) if len(rel.parts) > 1 else None
-        if marker and not item.get_closest_marker(marker):
+        marker = rel.parts[0] if len(rel.parts) > 1 else None
+        if marker in _FOLDER_MARKERS and not item.get_closest_marker(marker):
             item.add_marker(marker)
+    if os.environ.get("LVT_GUEST") != "1":
+        kernel = [item for item in items if item.get_closest_marker("kernel")]
+        if kernel:
+            config.hook.pytest_deselected(items=kernel)
+            items[:] = [item for item in items if not item.get_closest_marker("kernel")]
 
 
 # --------------------------------------------------------------------------------------------

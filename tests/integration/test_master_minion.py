@@ -182,6 +182,9 @@ def test_apply_configures_rs1(applied, dry_run, lab, rs1_persist):
 
     kernel = applied["after"]
     assert kernel["arp"]["eth0"] == (1, 2)
+    rs1_ns = lab.host("rs1").ns  # and once more straight from rs1's /proc/sys
+    assert rs1_ns.sysctl("net/ipv4/conf/eth0/arp_ignore") == "1"
+    assert rs1_ns.sysctl("net/ipv4/conf/eth0/arp_announce") == "2"
     assert kernel["arp"]["all"] == (0, 0)
     assert f"{VIP}/32" in kernel["lo"] and f"{VIP6}/128" in kernel["lo"]
     assert kernel["eth0"] == dry_run["before"]["eth0"]
