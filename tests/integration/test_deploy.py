@@ -106,26 +106,12 @@ def copy_dist_sources(repo_root: pathlib.Path, dest: pathlib.Path) -> None:
 
 
 def offline_build_options() -> tuple[list[str], dict]:
-    """Build with the venv's own setuptools when it can make wheels by itself.
+    """Build with the venv's own setuptools and wheel (requirements.txt installs wheel).
 
     pytest runs in a namespace without a route to the package index, so pip's default isolated
-    build (which downloads setuptools and wheel into a throwaway env) cannot work on a machine
-    whose only package source is the network. setuptools >= 70.1 builds wheels alone; older
-    ones need the `wheel` package next to them.
+    build, which downloads setuptools and wheel into a throwaway env, cannot work there.
     """
-    probe = (
-        "import setuptools, importlib.util as u;"
-        "v = tuple(int(x) for x in setuptools.__version__.split('.')[:2]);"
-        "print(v >= (70, 1) or u.find_spec('wheel') is not None)"
-    )
-    out = subprocess.run([str(VENV / "bin" / "python"), "-c", probe], capture_output=True,
-                         text=True, env=plain_env()).stdout.strip()
-    if out == "True":
-        return ["--no-build-isolation"], {}
-    # Isolated build: works only where a local package index is configured (pip.conf). Do not
-    # let pip retry the unreachable network index 5 times per build dependency (25 s) first;
-    # the environment variable also reaches pip's build-dependency subprocess, --retries not.
-    return [], {"PIP_RETRIES": "0"}
+    return ["--no-build-isolation"], {}
 
 
 @pytest.fixture(scope="module")

@@ -38,12 +38,10 @@ def salt_master(lab, salt_factories, repo_root):
         "lvs-master",
         overrides={
             "interface": SALT_ADDRESS,
-            # The formula (salt://lvs/...) and the custom types (salt://_modules/...).
-            "file_roots": {"base": [str(repo_root / "salt"), str(repo_root)]},
-            # Do not serve the virtualenv and git objects from the repo file root.
-            "file_ignore_regex": [r"^\.venv(/|$)", r"^\.git(/|$)", r"(^|/)__pycache__(/|$)"],
-            # The file server still walks .venv and logs every ignored file at debug level:
-            # 660,000 log lines and 40-100 s for one sync_all. Info is plenty here.
+            # The formula (salt://lvs/...) and, through symlinks in salt/, the custom types
+            # (salt://_modules/...). Not the repository root: Salt would walk .venv and .git.
+            "file_roots": {"base": [str(repo_root / "salt")]},
+            "file_ignore_regex": [r"(^|/)__pycache__(/|$)"],
             "log_level_logfile": "info",
             "pytest-master": {"log": {"level": "info"}},
         },
