@@ -125,6 +125,7 @@ class Lab:
                  vip6: str = VIP6,
                  second_nic: dict[str, str] | None = None,
                  extra_hosts: dict[str, str] | None = None, ipv6: bool = True,
+                 director_vip: bool = True,
                  python: str = sys.executable, repo: Path = REPO):
         self.vip = vip
         self.vip6 = vip6
@@ -132,6 +133,8 @@ class Lab:
         self.second_nic = dict(second_nic or {})
         self.extra_hosts = dict(extra_hosts or {})
         self.ipv6 = ipv6
+        # False: the director starts without the VIP (a real director's state adds it)
+        self.director_vip = director_vip
         self.python = python
         self.repo = Path(repo)
         self.id = uuid.uuid4().hex[:4]  # several labs in one process must not share a netns name
@@ -167,6 +170,8 @@ class Lab:
                 self.add_nic(name, "eth1", self.second_nic[name])
         for name, address in self.extra_hosts.items():
             self.add_host(name, address, role="host")
+        if not self.director_vip:
+            return
         self.director.ip("addr", "add", f"{self.vip}/{LAN.prefixlen}", "dev", "eth0")
         if self.ipv6:
             self.director.ip("addr", "add", f"{self.vip6}/{LAN6.prefixlen}", "dev", "eth0", "nodad")
@@ -309,7 +314,7 @@ table netdev lvsdr {{
     def probe_cmd(self, *args: str) -> list[str]:
         return [self.python, "-m", "lab.probes", *args]
 
-    def spawn_probe(self, host: str, *args: str, ready_timeout: float = 10.0) -> subprocess.Popen:
+    def spawn_probe(self, host: str, *args: str, ready_timeout: float = 60.0) -> subprocess.Popen:
         """Start a long-running probe inside ``host`` and wait until it says it is listening."""
         proc = self.hosts[host].ns.popen(*self.probe_cmd(*args), cwd=str(self.repo),
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -371,9 +376,11 @@ table netdev lvsdr {{
 
     # -- TCP through the director ----------------------------------------------------------------
 
-    def start_tcp_servers(self, port: int = 80, names: list[str] | None = None) -> None:
+    def start_tcp_servers(self, port: int = 80, names: list[str] | None = None,
+                          echo: bool = False) -> None:
         for name in names or [h.name for h in self.realservers]:
-            self.spawn_probe(name, "tcp-server", "--port", str(port), "--name", name)
+            self.spawn_probe(name, "tcp-server", "--port", str(port), "--name", name,
+                             *(["--echo"] if echo else []))
 
     def tcp_request(self, ip: str | None = None, port: int = 80, src: str = "client") -> dict:
         """Connect from ``src`` to ip:port; the result says who answered, with which local

@@ -14,7 +14,7 @@ Sub-commands::
                                                  sender IPs of ARP requests sent by MAC
     udp-send    --src IP --dst IP [--port N]     one UDP datagram from a bound source address
                                                  (makes the kernel ARP for DST if it has no entry)
-    tcp-server  --port N [--name NAME] [--deadline S]
+    tcp-server  --port N [--name NAME] [--deadline S] [--echo]
                                                  answer every connection with "NAME LOCAL_IP:PORT"
     tcp-client  IP PORT [--iface IFACE] [--timeout S]
                                                  connect, print what came back, from which peer,
@@ -37,6 +37,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 
 ETH_P_ALL = 0x0003
@@ -302,9 +303,29 @@ def udp_send(src: str, dst: str, port: int = 9, payload: bytes = b"lvs-lab") -> 
 
 # --- (d) named TCP server and a client that reports the path --------------------------------------
 
-def tcp_server(port: int, name: str | None = None, deadline: float = 600.0, ready=None) -> dict:
+def _echo(conn: socket.socket) -> None:
+    """Keep a connection open and echo each line back until the peer closes it."""
+    with conn:
+        conn.settimeout(None)
+        buf = b""
+        while True:
+            try:
+                data = conn.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                conn.sendall(line + b"\n")
+
+
+def tcp_server(port: int, name: str | None = None, deadline: float = 600.0, ready=None,
+               echo: bool = False) -> dict:
     """Answer each connection with ``"<name> <local ip>:<local port>\\n"`` until SIGTERM or
-    ``deadline`` seconds."""
+    ``deadline`` seconds. With ``echo`` the connection then stays open and every line sent is
+    echoed back (a long-lived connection, to check that draining and edits do not cut it)."""
     name = name or socket.gethostname()
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
@@ -322,14 +343,18 @@ def tcp_server(port: int, name: str | None = None, deadline: float = 600.0, read
                 conn, _peer = srv.accept()
             except (socket.timeout, InterruptedError):
                 continue
-            with conn:
+            local_ip, local_port = conn.getsockname()[:2]
+            try:
                 conn.settimeout(2.0)
-                local_ip, local_port = conn.getsockname()[:2]
-                try:
-                    conn.sendall(f"{name} {local_ip}:{local_port}\n".encode())
-                    served += 1
-                except OSError:
-                    pass
+                conn.sendall(f"{name} {local_ip}:{local_port}\n".encode())
+                served += 1
+            except OSError:
+                conn.close()
+                continue
+            if echo:
+                threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+            else:
+                conn.close()
     return {"probe": "tcp-server", "port": port, "name": name, "served": served}
 
 
@@ -438,6 +463,7 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--name")
     p.add_argument("--deadline", type=float, default=600.0)
+    p.add_argument("--echo", action="store_true", help="keep connections open, echo lines")
 
     p = sub.add_parser("tcp-client", help="connect and report reply, peer and frame MACs")
     p.add_argument("ip")
@@ -459,7 +485,7 @@ def main(argv=None) -> int:
         udp_send(args.src, args.dst, args.port)
         out = {"probe": "udp-send", "src": args.src, "dst": args.dst, "port": args.port}
     elif args.cmd == "tcp-server":
-        out = tcp_server(args.port, args.name, args.deadline, ready=_say_ready)
+        out = tcp_server(args.port, args.name, args.deadline, ready=_say_ready, echo=args.echo)
     else:
         out = tcp_client(args.ip, args.port, args.iface, args.timeout)
     print(json.dumps(out), flush=True)

@@ -1,9 +1,10 @@
 """Count a pytest JUnit XML report: the kernel lane's own verdict, independent of the guest's rc.
 
-    python3 junit-summary.py JUNIT.xml
+    python3 junit-summary.py [--label NAME] JUNIT.xml [JUNIT.xml ...]
 
 Prints the failed/errored/skipped test ids with their messages, then one closing line
-``kernel-lane: N passed, N failed, N skipped`` (errors count as failed). Exit status: 0 when at least one test
+``kernel-lane: N passed, N failed, N skipped`` (errors count as failed; ``--label`` replaces
+``kernel-lane``; several reports are added up, which tests/run uses for both lanes together). Exit status: 0 when at least one test
 ran (passed or failed) and none failed or errored; 1 when something failed; 3 when no test ran at
 all (everything skipped, or nothing collected): a lane that tested nothing must not look green.
 Standard library only: it runs on the host, outside any venv.
@@ -23,33 +24,41 @@ def outcome(case: ET.Element) -> tuple[str, str]:
 
 
 def main() -> int:
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    label = "kernel-lane"
+    if args[:1] == ["--label"] and len(args) >= 2:
+        label, args = args[1], args[2:]
+    if not args:
         raise SystemExit(__doc__)
-    try:
-        root = ET.parse(sys.argv[1]).getroot()
-    except (OSError, ET.ParseError) as exc:
-        print(f"kernel-lane: no usable JUnit report ({exc})")
-        return 3
+    roots = []
+    for path in args:
+        try:
+            roots.append(ET.parse(path).getroot())
+        except (OSError, ET.ParseError) as exc:
+            print(f"{label}: no usable JUnit report {path} ({exc})")
+            return 3
     counts = {"passed": 0, "failure": 0, "error": 0, "skipped": 0}
     lines = []
-    for case in root.iter("testcase"):
+    cases = [case for root in roots for case in root.iter("testcase")]
+    suites = [suite for root in roots for suite in root.iter("testsuite")]
+    for case in cases:
         kind, message = outcome(case)
         counts[kind] += 1
         if kind != "passed":
             name = f"{case.get('classname', '')}::{case.get('name', '')}"
             lines.append(f"  {kind.upper():8} {name}: {message}")
     # errors at collection time are testsuite-level in some pytest versions
-    for suite in root.iter("testsuite"):
+    for suite in suites:
         reported = int(suite.get("errors", 0))
         seen = sum(1 for c in suite.iter("testcase") if c.find("error") is not None)
         counts["error"] += max(0, reported - seen)
     for line in lines:
         print(line)
     if counts["error"]:
-        print(f"kernel-lane: {counts['error']} of the failed are errors (setup, teardown, collection)")
+        print(f"{label}: {counts['error']} of the failed are errors (setup, teardown, collection)")
     # the plain closing line CI reads: errors count as failed
     print(
-        f"kernel-lane: {counts['passed']} passed, {counts['failure'] + counts['error']} failed, "
+        f"{label}: {counts['passed']} passed, {counts['failure'] + counts['error']} failed, "
         f"{counts['skipped']} skipped"
     )
     if counts["failure"] or counts["error"]:
