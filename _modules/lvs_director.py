@@ -936,7 +936,7 @@ def _run(options, services, paths, test, remove=False):
     return ret
 
 
-def apply(test=False, minion_id=None, **paths):
+def apply(test=False, minion_id=None, lvs=None, **paths):
     """
     Make the IPVS table, the VIPs and the IPVS sysctls of this director what the pillar says.
 
@@ -951,9 +951,13 @@ def apply(test=False, minion_id=None, **paths):
     .. code-block:: bash
 
         salt 'lb*' lvs_director.apply test=True
+
+    minion_id, lvs
+        Act as this director of this ``lvs`` tree instead of the minion's own id and pillar
+        (orchestration and tests).
     """
     paths = _paths(paths)
-    options, services = _config(minion_id)
+    options, services = _config(minion_id, lvs)
     if options is None:
         raise SaltInvocationError(
             f"lvs:directors: '{minion_id or __opts__['id']}' is not a director in the pillar"  # pylint: disable=undefined-variable
@@ -961,7 +965,7 @@ def apply(test=False, minion_id=None, **paths):
     return _run(options, services, paths, test)
 
 
-def remove(test=False, **paths):
+def remove(test=False, minion_id=None, lvs=None, **paths):
     """
     Remove what this director manages: its VIPs first, then its real servers and services.
 
@@ -973,7 +977,7 @@ def remove(test=False, **paths):
     """
     paths = _paths(paths)
     record = read_record(paths["state_file"])
-    options, _ = _config()
+    options, _ = _config(minion_id, lvs)
     if options is None:
         options = {"interface": record.get("interface") or "", "_id": __opts__["id"]}  # pylint: disable=undefined-variable
     options = dict(options, prune=False)
@@ -993,7 +997,8 @@ def _dest_matches(dest, realserver, rs_addresses):
     return dest.addr == realserver or dest.addr in rs_addresses
 
 
-def drain(realserver, services=None, timeout=60, interval=1.0, test=False):
+def drain(realserver, services=None, timeout=60, interval=1.0, test=False, minion_id=None,
+          lvs=None):
     """
     Drain a real server: weight 0 on every service of this director that has it (new
     connections go elsewhere), then wait up to ``timeout`` seconds for its active connections
@@ -1009,7 +1014,7 @@ def drain(realserver, services=None, timeout=60, interval=1.0, test=False):
 
         salt lb1 lvs_director.drain rs1 timeout=120
     """
-    options, pillar_services = _config()
+    options, pillar_services = _config(minion_id, lvs)
     addresses = set()
     for svc in (pillar_services or {}).values():
         rs = svc["realservers"].get(realserver)
@@ -1067,7 +1072,7 @@ def _table_plain(table):
     return out
 
 
-def status(**paths):
+def status(minion_id=None, lvs=None, **paths):
     """
     The live IPVS table next to the pillar's, with the differences.
 
@@ -1081,7 +1086,7 @@ def status(**paths):
         salt 'lb*' lvs_director.status
     """
     paths = _paths(paths)
-    options, services = _config()
+    options, services = _config(minion_id, lvs)
     with Genl() as genl:
         live = read_table(genl)
     result = {"live": _table_plain(live)}
@@ -1099,7 +1104,7 @@ def status(**paths):
     return result
 
 
-def audit(**paths):
+def audit(minion_id=None, lvs=None, **paths):
     """
     Alias of :func:`status`, named like ``lvs_realserver.audit``.
 
@@ -1109,10 +1114,10 @@ def audit(**paths):
 
         salt 'lb*' lvs_director.audit
     """
-    return status(**paths)
+    return status(minion_id=minion_id, lvs=lvs, **paths)
 
 
-def garp(vip=None, count=3, interval=0.2):
+def garp(vip=None, count=3, interval=0.2, minion_id=None, lvs=None):
     """
     Announce the VIPs of this director (or one ``vip``) with gratuitous ARP now, for example
     after moving a VIP by hand.
@@ -1124,7 +1129,7 @@ def garp(vip=None, count=3, interval=0.2):
         salt lb1 lvs_director.garp
         salt lb1 lvs_director.garp vip=198.51.100.100 count=5
     """
-    options, services = _config()
+    options, services = _config(minion_id, lvs)
     if options is None:
         raise SaltInvocationError("lvs:directors: this minion is not a director in the pillar")
     vips = [vip] if vip else sorted({s["vip"] for s in services.values()})

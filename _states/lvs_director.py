@@ -55,20 +55,25 @@ def _call(name, fun, kwargs, verb_test, verb_done):
     return ret
 
 
-def present(name, **paths):
+def present(name, minion_id=None, lvs=None, **paths):
     """
     Ensure this director's IPVS table and VIPs are what the ``lvs`` pillar says.
 
     name
         A label for the state.
+    minion_id, lvs
+        Act as this director of this ``lvs`` tree (orchestration, tests); default: the
+        minion's own id and pillar.
     state_file
         Override the record path of the minion config ``lvs_director``.
     """
-    return _call(name, "lvs_director.apply", paths, "Would change", "Changed")
+    return _call(name, "lvs_director.apply", dict(paths, minion_id=minion_id, lvs=lvs),
+                 "Would change", "Changed")
 
 
-def absent(name, **paths):
+def absent(name, minion_id=None, lvs=None, **paths):
     """
     Ensure this director manages nothing: VIPs first, then real servers and services.
     """
-    return _call(name, "lvs_director.remove", paths, "Would remove", "Removed")
+    return _call(name, "lvs_director.remove", dict(paths, minion_id=minion_id, lvs=lvs),
+                 "Would remove", "Removed")
