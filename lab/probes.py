@@ -373,11 +373,13 @@ def tcp_client(ip: str, port: int, iface: str | None = None, timeout: float = 3.
                 local = conn.getsockname()
                 peer = conn.getpeername()
                 chunks = []
-                while True:
-                    data = conn.recv(4096)
+                while True:  # the server's answer is one line (an echo server keeps the
+                    data = conn.recv(4096)  # connection open after it)
                     if not data:
                         break
                     chunks.append(data)
+                    if b"\n" in data:
+                        break
             reply = b"".join(chunks).decode(errors="replace").strip()
             result.update(ok=True, reply=reply, peer=f"{peer[0]}:{peer[1]}",
                           local=f"{local[0]}:{local[1]}")
