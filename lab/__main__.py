@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from lab import saltenv
-from lab.netlab import REPO, Lab
+from lab.netlab import REPO, Lab, ipvs_available
 
 
 class Report:
@@ -96,12 +96,18 @@ def run(args) -> int:
     rep = Report(args.verbose)
     pillar = Path(args.pillar)
     work = Path(tempfile.mkdtemp(prefix="lvs-lab-"))
+    real_ipvs = ipvs_available() and not args.standin
     try:
-        with Lab() as lab:
+        with Lab(director_vip=not real_ipvs) as lab:
             rs_names = [h.name for h in lab.realservers]
             print(f"saltext-lvs lab: LVS-DR on a namespace LAN, VIP {lab.vip} (IPv6 {lab.vip6})")
             print("  " + ", ".join(f"{h.name} {h.address} ({h.role})" for h in lab.hosts.values())
                   + f"; built in {time.monotonic() - rep.t0:.1f} s")
+            if real_ipvs:
+                print("  director: real IPVS, configured by the lvs_director state on lb1")
+            else:
+                print("  director: nftables netdev stand-in (this kernel has no IPVS; "
+                      "the real director is tested in the kernel lane)")
 
             rep.section("BEFORE: real servers with the VIP /32 on lo and default ARP sysctls")
             for name in rs_names:
@@ -117,9 +123,13 @@ def run(args) -> int:
                       f"client's cache for the VIP is now {poisoned}",
                       "arp_announce=0 uses the VIP as sender when it answers from the VIP")
 
+            targets = rs_names + (["lb1"] if real_ipvs else [])
             rep.section(f"APPLY: salt-call --local saltutil.sync_all + state.apply lvs "
-                        f"in {', '.join(rs_names)} (pillar {pillar.name})")
-            confs = {n: saltenv.make_local_config(work / n, n, pillar, REPO) for n in rs_names}
+                        f"in {', '.join(targets)} (pillar {pillar.name})")
+            confs = {n: saltenv.make_local_config(
+                work / n, n, pillar, REPO,
+                extra={"lvs_director": {"state_file": str(work / n / "persist" / "director.json")}})
+                for n in targets}
             with lab.arp_watch() as watch:
                 deployed = deploy_all(lab, confs)
             for name, (ret, took) in deployed.items():
@@ -161,7 +171,8 @@ def run(args) -> int:
             # The client kernel learns from every ARP reply it sees, the probes' included: a
             # stale real server entry would only go after it expires. Start from an empty cache.
             lab.flush_neighbours("client")
-            lab.director_standin(ports=(80, 443))
+            if not real_ipvs:
+                lab.director_standin(ports=(80, 443))
             lab.start_tcp_servers(80)
             tcp = tcp_rounds(lab, 80, args.connections)
             spread = ", ".join(f"{k} x{v}" for k, v in sorted(tcp["servers"].items()))
@@ -180,8 +191,15 @@ def run(args) -> int:
             cache = lab.name_of(lab.neighbour("client", lab.vip) or "none")
             rep.check("client cache", cache == "lb1", f"client's cache for the VIP: {cache}")
 
+            if real_ipvs:
+                status = saltenv.salt_call(confs["lb1"], "lvs_director.status",
+                                           netns=lab.director.ns)
+                rep.check("director", bool(status.get("ok")),
+                          f"lvs_director.status on lb1: {len(status.get('live', {}))} IPVS "
+                          f"services, {'as in the pillar' if status.get('ok') else status}")
+
             rep.section("AGAIN")
-            for name in rs_names:
+            for name in targets:
                 start = time.monotonic()
                 ret = saltenv.apply_state(confs[name], netns=lab.host(name).ns)
                 changed = saltenv.changed_states(ret)
@@ -209,6 +227,8 @@ def main(argv=None) -> int:
     parser.add_argument("--connections", type=int, default=8,
                         help="TCP connections through the director stand-in (default 8)")
     parser.add_argument("--keep", action="store_true", help="keep the salt root dirs")
+    parser.add_argument("--standin", action="store_true",
+                        help="use the nftables stand-in even when the kernel has IPVS")
     parser.add_argument("-v", "--verbose", action="store_true", help="show file contents, reasons")
     args = parser.parse_args(argv)
 

@@ -20,6 +20,7 @@ Nothing here touches the calling process's namespace: every change goes through 
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import select
@@ -422,3 +423,23 @@ class ArpWatch:
     @property
     def responders(self) -> dict[str, int]:
         return {self.lab.name_of(mac): r["count"] for mac, r in self.stop()["replies"].items()}
+
+
+def _probe_ipvs() -> bool:
+    """In a namespace: can the IPVS netlink family be had (the kernel loads ip_vs on demand)?"""
+    spec = importlib.util.spec_from_file_location("lab_lvs_director",
+                                                  REPO / "_modules" / "lvs_director.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        module.Genl().close()
+    except (module.IPVSNotAvailable, OSError):
+        return False
+    return True
+
+
+def ipvs_available() -> bool:
+    """Whether this kernel can run a real IPVS director, asked with the project's own netlink
+    code in a throwaway namespace."""
+    with Netns("ipvs-probe") as ns:
+        return ns.call(_probe_ipvs)

@@ -26,6 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Seconds one salt-call may take. Under emulation (the kernel lane's qemu) a sync_all takes
+# minutes, not seconds: LAB_SALT_TIMEOUT raises the bound there.
+SALT_TIMEOUT = float(os.environ.get("LAB_SALT_TIMEOUT", "180"))
 PERSIST_FILES = {
     "state_file": "state.json",
     "sysctl_file": "sysctl.d/90-lvs-realserver.conf",
@@ -111,7 +114,7 @@ def salt_call_argv(config_dir: Path, *args: str, netns=None, venv: Path | None =
 
 
 def salt_call_raw(config_dir: Path, *args: str, netns=None, venv: Path | None = None,
-                  timeout: float = 180) -> subprocess.CompletedProcess:
+                  timeout: float = SALT_TIMEOUT) -> subprocess.CompletedProcess:
     """Run salt-call and return the CompletedProcess whatever the exit code."""
     return subprocess.run(salt_call_argv(config_dir, *args, netns=netns, venv=venv),
                           capture_output=True, text=True, timeout=timeout)
@@ -127,7 +130,7 @@ def parse_local(proc: subprocess.CompletedProcess):
 
 
 def salt_call(config_dir: Path, *args: str, netns=None, venv: Path | None = None,
-              timeout: float = 180):
+              timeout: float = SALT_TIMEOUT):
     """Run salt-call and return the parsed ``local`` value; raise SaltCallError on failure."""
     proc = salt_call_raw(config_dir, *args, netns=netns, venv=venv, timeout=timeout)
     try:
