@@ -866,6 +866,8 @@ class _StepFailed(Exception):
 
 
 def _paths(overrides):
+    # salt-call and minion jobs add __pub_* keyword arguments to every **kwargs function
+    overrides = {k: v for k, v in overrides.items() if not k.startswith("__")}
     paths = dict(DEFAULT_PATHS)
     try:
         conf = __salt__["config.get"]("lvs_director", {}) or {}  # pylint: disable=undefined-variable

@@ -1020,6 +1020,8 @@ def _summary(changes):
 
 
 def _paths(overrides):
+    # salt-call and minion jobs add __pub_* keyword arguments to every **kwargs function
+    overrides = {k: v for k, v in overrides.items() if not k.startswith("__")}
     conf = {}
     try:
         conf = __salt__["config.get"]("lvs_realserver", {}) or {}  # pylint: disable=undefined-variable

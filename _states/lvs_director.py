@@ -45,7 +45,10 @@ def _call(name, fun, kwargs, verb_test, verb_done):
     changes = res["changes"]
     ret["changes"] = changes
     if changes:
-        counts = ", ".join(f"{len(v)} {k}{'s' if len(v) != 1 else ''}" for k, v in changes.items())
+        plural = {"address": "addresses"}
+        counts = ", ".join(
+            f"{len(v)} {k if len(v) == 1 else plural.get(k, k + 's')}" for k, v in changes.items()
+        )
         ret["comment"] = f"{verb_test if test else verb_done}: {counts}."
     else:
         ret["comment"] = "The director is already as declared."

@@ -179,3 +179,20 @@ def test_bad_pillar_fails_naming_the_key_and_changes_nothing(lab, tmp_path, path
     after = (rs.arp_sysctls(), rs.addresses("lo"), sorted(p.name for p in
                                                            (tmp_path / "rs2" / "persist").rglob("*")))
     assert after == before
+
+
+def test_execution_module_from_the_command_line(lab, tmp_path):
+    """salt-call passes __pub_* keyword arguments to every function taking **kwargs: the
+    module's path arguments must not take them for typos."""
+    rs = lab.host("rs2")
+    conf = config(tmp_path, "rs2")
+    saltenv.salt_call(conf, "saltutil.sync_all", netns=rs.ns)
+    predicted = saltenv.salt_call(conf, "lvs_realserver.apply", "vips=[203.0.113.7]",
+                                  "persist=False", "test=True", netns=rs.ns)
+    assert predicted["changes"]["address"] == {
+        "203.0.113.7/32 dev lo": {"old": None, "new": "203.0.113.7/32 dev lo"}}
+    assert "203.0.113.7/32" not in rs.addresses("lo")
+    assert saltenv.salt_call(conf, "lvs_realserver.managed", netns=rs.ns)["vips"] == {}
+    bad = saltenv.salt_call_raw(conf, "lvs_realserver.apply", "vips=[203.0.113.7]",
+                                "state_fil=/tmp/typo", "test=True", netns=rs.ns)
+    assert bad.returncode != 0 and "unknown argument(s): state_fil" in bad.stdout + bad.stderr
