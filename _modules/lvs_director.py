@@ -270,6 +270,8 @@ class ServiceKey:
     addr: str = ""  # empty for fwmark services
     port: int = 0
     fwmark: int = 0
+    # the VIP a fwmark service is for (the firewall marks traffic to it); not part of the key
+    vip: str = field(default="", compare=False)
 
     def __str__(self):
         if self.protocol == "fwmark":
@@ -480,7 +482,7 @@ def desired_table(services):
             flags |= SVC_F_SCHED[_SCHED_FLAG_BITS[flag]]
         netmask = svc.get("persistence_netmask") or vip.max_prefixlen
         if svc["protocol"] == "fwmark":
-            keys = [(ServiceKey(af, "fwmark", fwmark=svc["fwmark"]), 0)]
+            keys = [(ServiceKey(af, "fwmark", fwmark=svc["fwmark"], vip=str(vip)), 0)]
         else:
             keys = [(ServiceKey(af, svc["protocol"], str(vip), port), port)
                     for port in svc["ports"]]
@@ -697,7 +699,7 @@ def plan_director(desired, live, host, record, options, names=None):
                 o, n = _diff(live_dests[dkey].attrs(), dest.attrs())
                 actions.append(Action("dest_set", target, o, n, {"service": svc, "dest": dest}))
 
-    vips = sorted({k.addr for k in desired if k.addr}, key=_addr_order)
+    vips = sorted({k.addr or k.vip for k in desired if k.addr or k.vip}, key=_addr_order)
     held = host.addrs.get(iface, set())
     for vip in vips:
         plen = ipaddress.ip_address(vip).max_prefixlen

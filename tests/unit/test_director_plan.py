@@ -207,3 +207,16 @@ def test_weight_out_of_range_is_a_pillar_error():
     lvs["services"]["web"]["realservers"]["rs1"]["weight"] = 65536
     with pytest.raises(SaltInvocationError, match="lvs:services:web:realservers:rs1:weight"):
         pillar_mod.director("lb1", lvs)
+
+
+def test_a_fwmark_service_still_puts_its_vip_on_the_director():
+    lvs = copy.deepcopy(EXAMPLE)
+    lvs["services"] = {"marked": {"vip": "198.51.100.101", "protocol": "fwmark", "fwmark": 7,
+                                  "method": "dr", "scheduler": "rr",
+                                  "realservers": {"rs1": {"address": "198.51.100.11"}}}}
+    options, services = director_conf(lvs)
+    desired, names = d.desired_table(services)
+    plan = d.plan_director(desired, {}, host(), None, options, names)
+    assert "198.51.100.101/32 dev eth0" in plan.changes()["address"]
+    live = {d.ServiceKey(V4, "fwmark", fwmark=7): desired[next(iter(desired))]}
+    assert set(live) == set(desired), "the VIP is not part of a fwmark service's identity"
