@@ -39,9 +39,8 @@ __virtualname__ = "lvs_pillar"
 PROTOCOLS = ("tcp", "udp", "sctp", "fwmark")
 METHODS = ("dr", "tun", "nat")
 ARP_METHODS = ("sysctl", "nftables", "arptables", "redirect")
-# The arp methods this version can apply; the others are part of the contract and are refused
-# with a clear error until they are implemented.
-ARP_METHODS_AVAILABLE = ("sysctl",)
+# The arp methods this version can apply; any other is refused with a clear error.
+ARP_METHODS_AVAILABLE = ("sysctl", "nftables")
 SCOPES = ("interfaces", "all")
 REALSERVER_DEFAULTS = {
     "arp_method": "sysctl",
@@ -413,9 +412,12 @@ def realserver(minion_id=None, lvs=None):
     """
     What this minion has to do as a real server, derived from the pillar.
 
-    Returns ``{"vips": [{"address", "device", "label", "services"}], "arp_method", "scope",
-    "interfaces", "persist"}``. A minion finds its VIPs by its id under
-    ``lvs:services:<name>:realservers``; NAT services put no VIP on real servers.
+    Returns ``{"vips": [{"address", "device", "label", "services", "ports"}], "arp_method",
+    "scope", "interfaces", "persist"}``. A minion finds its VIPs by its id under
+    ``lvs:services:<name>:realservers``; NAT services put no VIP on real servers. ``ports``
+    (``["tcp/80", "udp/53"]``) is what ``arp_method: redirect`` redirects; that method cannot
+    serve a ``fwmark`` service (the mark is set on the director, the real server never sees
+    it) nor a ``tun`` one, and says so naming the service's key.
 
     CLI Example:
 
@@ -427,9 +429,24 @@ def realserver(minion_id=None, lvs=None):
     minion_id = _minion_id(minion_id)
     defaults = model["realserver"]
     vips = {}
+    errors = []
     for name, svc in model["services"].items():
         if minion_id not in svc["realservers"] or svc["method"] not in VIP_DEVICE:
             continue
+        if defaults["arp_method"] == "redirect":
+            if svc["protocol"] == "fwmark":
+                errors.append(
+                    f"lvs:services:{name}:protocol: 'fwmark' cannot be served with "
+                    "lvs:realserver:arp_method 'redirect': the real server sees no mark and no "
+                    "port list to redirect; use another arp_method for this minion, or give the "
+                    "service its protocol and ports"
+                )
+            if svc["method"] == "tun":
+                errors.append(
+                    f"lvs:services:{name}:method: 'tun' cannot be served with "
+                    "lvs:realserver:arp_method 'redirect': a TUN real server must hold the VIP "
+                    "on tunl0"
+                )
         entry = vips.setdefault(
             str(svc["vip"]),
             {
@@ -437,9 +454,16 @@ def realserver(minion_id=None, lvs=None):
                 "device": VIP_DEVICE[svc["method"]],
                 "label": defaults["label"],
                 "services": [],
+                "ports": [],
             },
         )
         entry["services"].append(name)
+        for port in svc["ports"]:
+            item = f"{svc['protocol']}/{port}"
+            if item not in entry["ports"]:
+                entry["ports"].append(item)
+    if errors:
+        raise SaltInvocationError("invalid lvs pillar:\n" + "\n".join(errors))
     return {
         "vips": list(vips.values()),
         "arp_method": defaults["arp_method"],

@@ -27,6 +27,17 @@ Where the module keeps things (minion config, all optional):
       sysctl_file: /etc/sysctl.d/90-lvs-realserver.conf     # ARP sysctls at boot
       vip_file: /etc/saltext-lvs/realserver-vips.batch      # VIPs at boot (ip -batch)
       unit_file: /etc/systemd/system/lvs-realserver.service # applies both, sysctls first
+      nft_file: <vip_file's folder>/realserver.nft          # nftables methods: rules at boot
+      arptables_file: <vip_file's folder>/realserver-arptables.sh  # arptables method at boot
+      arptables_bin: arptables                              # or arptables-legacy, arptables-nft
+
+``arp_method`` (pillar ``lvs:realserver:arp_method``, or the ``arp_method`` argument) chooses how
+ARP is kept quiet: ``sysctl`` (``arp_ignore``/``arp_announce`` on the ARP-facing NICs),
+``nftables`` (a table ``arp saltext_lvs`` of its own: requests for a VIP dropped, a VIP sender
+rewritten to the interface's address), ``arptables`` (the same two rules in chains of its own) or
+``redirect`` (no VIP on the host at all: traffic to VIP:port is redirected to the host by
+nftables nat, or iptables where the host has no nft). Switching converges without a window: the
+new method is in force before the old one is removed.
 
 Netlink is spoken directly (stdlib ``socket``) rather than through pyroute2 here: dumping and
 parsing 1000 addresses took 60 ms with pyroute2 0.9.7 and 5 ms this way, and the no-op check
@@ -41,6 +52,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -70,12 +82,27 @@ DEFAULT_PATHS = {
     "sysctl_file": "/etc/sysctl.d/90-lvs-realserver.conf",
     "vip_file": "/etc/saltext-lvs/realserver-vips.batch",
     "unit_file": "/etc/systemd/system/lvs-realserver.service",
+    # None: next to vip_file (so a config that moves vip_file moves these too)
+    "nft_file": None,
+    "arptables_file": None,
+    "arptables_bin": "arptables",
 }
+DERIVED_FILES = {"nft_file": "realserver.nft", "arptables_file": "realserver-arptables.sh"}
+FILE_KEYS = ("state_file", "sysctl_file", "vip_file", "unit_file", "nft_file", "arptables_file")
 SYSCTL_BIN = "/sbin/sysctl"
 IP_BIN = "/sbin/ip"
+NFT_BIN = "/usr/sbin/nft"
+SH_BIN = "/bin/sh"
+ARP_METHODS = ("sysctl", "nftables", "arptables", "redirect")
 
 
 def __virtual__():
+    try:
+        kernel = __grains__.get("kernel")  # pylint: disable=undefined-variable
+    except NameError:
+        kernel = None
+    if kernel not in (None, "Linux"):
+        return False, f"lvs_realserver: this module is for Linux real servers (kernel {kernel})"
     if not sys.platform.startswith("linux"):
         return False, "lvs_realserver: this version supports Linux real servers only"
     if not os.path.exists(f"{PROC_CONF}/all/arp_ignore"):
@@ -103,7 +130,11 @@ IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFA_LABEL = 3
 IFA_FLAGS = 8
+IFA_CACHEINFO = 6
 IFA_F_NODAD = 0x02
+IFA_F_DEPRECATED = 0x20
+NLM_F_REPLACE = 0x100
+INFINITY_LIFE_TIME = 0xFFFFFFFF
 IFLA_IFNAME = 3
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
@@ -213,8 +244,15 @@ class Netlink:
         return results
 
 
-def addr_request(kind, addr, prefixlen, index, label=None):
-    """The rtnetlink payload that adds (RTM_NEWADDR) or deletes (RTM_DELADDR) one address."""
+def addr_request(kind, addr, prefixlen, index, label=None, replace=False):
+    """The rtnetlink payload that adds (RTM_NEWADDR) or deletes (RTM_DELADDR) one address.
+
+    An IPv6 VIP is added with ``nodad`` and a preferred lifetime of 0 (valid forever): a
+    deprecated address still accepts connections, but source address selection (RFC 6724 rule
+    3) never picks it for new outgoing traffic while another address of the same scope exists,
+    so the real server's own connections do not leave from the VIP. ``replace`` updates the
+    lifetimes of an address already there.
+    """
     packed = addr.packed
     family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
     flags = IFA_F_NODAD if addr.version == 6 else 0
@@ -222,7 +260,14 @@ def addr_request(kind, addr, prefixlen, index, label=None):
     payload += _rta(IFA_LOCAL, packed) + _rta(IFA_ADDRESS, packed)
     if label and addr.version == 4 and kind == RTM_NEWADDR:
         payload += _rta(IFA_LABEL, label.encode() + b"\0")
-    nl_flags = NLM_F_CREATE | NLM_F_EXCL if kind == RTM_NEWADDR else 0
+    if addr.version == 6 and kind == RTM_NEWADDR:
+        payload += _rta(IFA_CACHEINFO, struct.pack("=IIII", 0, INFINITY_LIFE_TIME, 0, 0))
+    if kind != RTM_NEWADDR:
+        nl_flags = 0
+    elif replace:
+        nl_flags = NLM_F_REPLACE
+    else:
+        nl_flags = NLM_F_CREATE | NLM_F_EXCL
     return kind, nl_flags, payload
 
 
@@ -258,6 +303,11 @@ class Addr:
     prefixlen: int
     index: int
     label: str = None
+    flags: int = 0  # IFA_F_*: IFA_F_DEPRECATED for an IPv6 VIP guarded against source selection
+
+    @property
+    def deprecated(self):
+        return bool(self.flags & IFA_F_DEPRECATED)
 
     def network(self):
         return ipaddress.ip_network(f"{self.address}/{self.prefixlen}", strict=False)
@@ -270,6 +320,9 @@ class Observed:
     links: dict  # name -> Link
     addrs: list  # [Addr]
     conf: dict  # conf dir name (all, default, lo, eth0...) -> {"arp_ignore": int, ...}
+    # the rule methods' view of netfilter (observe_rules); empty: nothing of ours, tools there
+    rules: dict = field(default_factory=dict)
+    legacy: dict = field(default_factory=dict)  # hidden sysctl, noarp module (audit only)
 
     def link_by_index(self, index):
         for link in self.links.values():
@@ -316,11 +369,13 @@ def observe():
             links[name] = Link(index, name, flags, ltype)
         addrs = []
         for body in nl.dump(RTM_GETADDR, _IFADDRMSG.pack(0, 0, 0, 0, 0)):
-            family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(body)
+            family, prefixlen, flags, _scope, index = _IFADDRMSG.unpack_from(body)
             attrs = _attrs(body, _IFADDRMSG.size)
             raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
             if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
                 continue
+            if IFA_FLAGS in attrs and len(attrs[IFA_FLAGS]) >= 4:
+                flags = struct.unpack_from("=I", attrs[IFA_FLAGS])[0]
             label = attrs.get(IFA_LABEL)
             addrs.append(
                 Addr(
@@ -328,10 +383,390 @@ def observe():
                     prefixlen,
                     index,
                     label.rstrip(b"\0").decode() if label else None,
+                    flags,
                 )
             )
     conf = read_arp_conf(["all", "default", *links])
     return Observed(links=links, addrs=addrs, conf=conf)
+
+
+# --------------------------------------------------------------------------------------------
+# Rule methods: nftables (arp family, nat for redirect) and arptables, observed and rendered
+# --------------------------------------------------------------------------------------------
+
+NFT_TABLE = "saltext_lvs"
+TAG = "saltext-lvs"
+ARP_TABLE = f"table arp {NFT_TABLE}"
+REDIRECT_FAMILIES = {4: "ip", 6: "ip6"}
+
+
+def _nft_bin():
+    return NFT_BIN if os.access(NFT_BIN, os.X_OK) else shutil.which("nft")
+
+
+def _nft_json(*args):
+    """``nft -j ARGS`` -> (list of objects, None) or (None, error text)."""
+    binary = _nft_bin()
+    if binary is None:
+        return None, "the nft command is not installed (package nftables)"
+    proc = subprocess.run([binary, "-j", *args], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        return None, proc.stderr.strip() or f"nft exited {proc.returncode}"
+    try:
+        return json.loads(proc.stdout or "{}").get("nftables", []), None
+    except ValueError as err:
+        return None, f"nft -j printed no JSON: {err}"
+
+
+def _elements(values):
+    out = []
+    for value in values or []:
+        if isinstance(value, dict):  # {"elem": {"val": ..., "counter": ...}}
+            value = value.get("elem", {}).get("val", value.get("val"))
+        if isinstance(value, str):
+            out.append(value)
+    return out
+
+
+def _match(expr, protocol=None, field_name=None, meta=None):
+    """The right-hand side of an ``==`` match on a payload field or a meta key, else None."""
+    m = expr.get("match")
+    if not m or m.get("op") not in ("==", "in"):
+        return None
+    left = m.get("left", {})
+    if meta is not None:
+        return m["right"] if left.get("meta", {}).get("key") == meta else None
+    payload = left.get("payload", {})
+    if payload.get("protocol") == protocol and payload.get("field") == field_name:
+        return m["right"]
+    return None
+
+
+def arp_rules_model(vips, rewrite):
+    """What the arp-family rules hold: VIPs (no reply, never a sender) and the sender address
+    each interface puts in their place. None when there is nothing to protect."""
+    vips = sorted({str(v) for v in vips}, key=ipaddress.ip_address)
+    if not vips:
+        return None
+    return {"vips": vips, "rewrite": dict(sorted(rewrite.items()))}
+
+
+def render_arp_table(model):
+    """The whole ``table arp saltext_lvs`` (nft syntax)."""
+    lines = [
+        f"table arp {NFT_TABLE} {{",
+        f"  set vips {{ type ipv4_addr; elements = {{ {', '.join(model['vips'])} }}; }}",
+        "  chain input {",
+        "    type filter hook input priority 0; policy accept;",
+        f'    arp operation request arp daddr ip @vips drop comment "{TAG}: no reply for a VIP"',
+        "  }",
+        "  chain output {",
+        "    type filter hook output priority 0; policy accept;",
+    ]
+    for iface, address in model["rewrite"].items():
+        lines.append(
+            f'    oifname "{iface}" arp saddr ip @vips arp saddr ip set {address} '
+            f'comment "{TAG}: sender {iface}"'
+        )
+    lines += [
+        f'    arp saddr ip @vips drop comment "{TAG}: never a VIP as sender"',
+        "  }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_arp_table(objects):
+    """``nft -j list table arp saltext_lvs`` -> the model it enforces, or None (no table).
+
+    Anything that is not exactly what :func:`render_arp_table` writes marks the model
+    ``incomplete`` (it then never equals a desired model, so the next run rewrites the table).
+    """
+    if objects is None:
+        return None
+    vips, rewrite, drop_in, drop_out, odd = [], {}, False, False, False
+    for obj in objects:
+        if "set" in obj and obj["set"].get("name") == "vips":
+            vips = _elements(obj["set"].get("elem"))
+        rule = obj.get("rule")
+        if not rule:
+            continue
+        exprs = rule.get("expr", [])
+        verdict_drop = any("drop" in e for e in exprs)
+        if rule.get("chain") == "input":
+            target = next((_match(e, "arp", "daddr ip") for e in exprs
+                           if _match(e, "arp", "daddr ip")), None)
+            if target == "@vips" and verdict_drop:
+                drop_in = True
+            else:
+                odd = True
+        elif rule.get("chain") == "output":
+            sender = next((_match(e, "arp", "saddr ip") for e in exprs
+                           if _match(e, "arp", "saddr ip")), None)
+            iface = next((_match(e, meta="oifname") for e in exprs if _match(e, meta="oifname")),
+                         None)
+            mangled = next((e["mangle"].get("value") for e in exprs if "mangle" in e), None)
+            if sender == "@vips" and iface and mangled:
+                rewrite[iface] = mangled
+            elif sender == "@vips" and verdict_drop and not iface:
+                drop_out = True
+            else:
+                odd = True
+        else:
+            odd = True
+    model = arp_rules_model(vips, rewrite) or {"vips": [], "rewrite": rewrite}
+    if odd or not drop_in or not drop_out or not vips:
+        model["incomplete"] = True
+    return model
+
+
+def redirect_model(vips, version):
+    """{VIP: ["tcp/80", ...]} for the VIPs of one address family, None when there are none."""
+    out = {}
+    for vip in vips:
+        if vip.address.version == version and vip.ports:
+            ports = out.setdefault(str(vip.address), set())
+            ports.update(f"{proto}/{port}" for proto, port in vip.ports)
+    if not out:
+        return None
+    return {addr: _sorted_ports(ports) for addr, ports in sorted(out.items())}
+
+
+def _sorted_ports(ports):
+    return sorted(set(ports), key=lambda p: (p.split("/")[0], int(p.split("/")[1])))
+
+
+def render_redirect_table(model, version):
+    family = REDIRECT_FAMILIES[version]
+    lines = [
+        f"table {family} {NFT_TABLE} {{",
+        "  chain prerouting {",
+        "    type nat hook prerouting priority -100; policy accept;",
+    ]
+    for addr, ports in model.items():
+        by_proto = {}
+        for item in ports:
+            proto, port = item.split("/")
+            by_proto.setdefault(proto, []).append(port)
+        for proto, plist in sorted(by_proto.items()):
+            lines.append(
+                f"    {family} daddr {addr} {proto} dport {{ {', '.join(plist)} }} redirect "
+                f'comment "{TAG}: redirect {addr} {proto}"'
+            )
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def parse_redirect_table(objects, version):
+    if objects is None:
+        return None
+    family = REDIRECT_FAMILIES[version]
+    out, odd = {}, False
+    for obj in objects:
+        rule = obj.get("rule")
+        if not rule:
+            continue
+        exprs = rule.get("expr", [])
+        addr = next((_match(e, family, "daddr") for e in exprs if _match(e, family, "daddr")),
+                    None)
+        proto, ports = None, None
+        for e in exprs:
+            for candidate in PORT_PROTOCOLS:
+                right = _match(e, candidate, "dport")
+                if right is not None:
+                    proto, ports = candidate, right
+        if isinstance(ports, dict):
+            ports = ports.get("set", [])
+        if isinstance(ports, int):
+            ports = [ports]
+        if not (addr and proto and ports and any("redirect" in e for e in exprs)):
+            odd = True
+            continue
+        out.setdefault(str(addr), set()).update(f"{proto}/{p}" for p in ports
+                                                if isinstance(p, int))
+    model = {a: _sorted_ports(p) for a, p in sorted(out.items())}
+    if odd or not model:
+        model["incomplete"] = True
+    return model
+
+
+def nft_table_script(family, body):
+    """One nft transaction that leaves exactly ``body`` as table ``family saltext_lvs`` (or no
+    such table when ``body`` is None): declare, delete, re-create, all or nothing."""
+    text = f"table {family} {NFT_TABLE}\ndelete table {family} {NFT_TABLE}\n"
+    return text + (body or "")
+
+
+def observe_rules(want_nft=True, want_arptables=False, arptables_bin="arptables"):
+    """Read our own netfilter tables (and chains): what the rule methods need to plan."""
+    rules = {"nft": False}
+    if want_nft:
+        tables, error = _nft_json("list", "tables")
+        rules["nft"] = tables is not None
+        rules["nft_error"] = error
+        present = {(t["table"]["family"], t["table"]["name"]) for t in tables or [] if "table" in t}
+        for family in ("arp", "ip", "ip6"):
+            objects = None
+            if (family, NFT_TABLE) in present:
+                objects, error = _nft_json("list", "table", family, NFT_TABLE)
+                if objects is None:
+                    raise CommandExecutionError(f"nft list table {family} {NFT_TABLE}: {error}")
+            if family == "arp":
+                rules["arp"] = parse_arp_table(objects)
+            else:
+                version = 4 if family == "ip" else 6
+                rules.setdefault("redirect", {})[family] = parse_redirect_table(objects, version)
+    if want_arptables:
+        rules["arptables"] = observe_arptables(arptables_bin)
+    return rules
+
+
+ARPT_CHAINS = {"in": "LVS_RS_IN_", "out": "LVS_RS_OUT_"}
+ARPT_HOOKS = {"in": "INPUT", "out": "OUTPUT"}
+
+
+def arptables_flavour(binary):
+    """``legacy`` (arptables 0.0.x, its own kernel table) or ``nft`` (arptables-nft, rules in
+    nftables' ``table arp filter``), from ``arptables -V``; None when it cannot run."""
+    try:
+        proc = subprocess.run([binary, "-V"], capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    text = proc.stdout + proc.stderr
+    if "arptables" not in text:
+        return None
+    return "nft" if "nf_tables" in text else "legacy"
+
+
+def parse_arptables_save(text):
+    """``arptables-save`` -> {"chains": set, "jumps": {hook: [chain...]}, "rules": {chain: [argv]}}."""
+    chains, jumps, rules = set(), {"INPUT": [], "OUTPUT": []}, {}
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if line.startswith(":"):
+            chains.add(line[1:].split()[0])
+        elif line.startswith("-A "):
+            parts = line.split()
+            chain, rest = parts[1], parts[2:]
+            rules.setdefault(chain, []).append(rest)
+            if chain in jumps and rest[:1] == ["-j"] and len(rest) == 2:
+                jumps[chain].append(rest[1])
+    return {"chains": chains, "jumps": jumps, "rules": rules}
+
+
+def _opt(argv, name):
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
+
+
+def arptables_model(saved):
+    """Our generation (A or B) in force and the model its chains enforce (like the nft one)."""
+    gens = [c[len(ARPT_CHAINS["in"]):] for c in saved["jumps"]["INPUT"]
+            if c.startswith(ARPT_CHAINS["in"])]
+    ours = sorted(c for c in saved["chains"] if c.startswith(("LVS_RS_IN_", "LVS_RS_OUT_")))
+    if not gens and not ours:
+        return None, None, ours
+    gen = gens[0] if gens else None
+    vips, rewrite, drop_out, odd = [], {}, set(), len(gens) != 1
+    if gen and f"{ARPT_CHAINS['out']}{gen}" not in saved["jumps"]["OUTPUT"]:
+        odd = True
+    for argv in saved["rules"].get(f"{ARPT_CHAINS['in']}{gen}", []):
+        dst = _opt(argv, "-d")
+        if _opt(argv, "-j") == "DROP" and dst and _opt(argv, "--opcode") in ("1", "Request"):
+            vips.append(dst.split("/")[0])
+        else:
+            odd = True
+    for argv in saved["rules"].get(f"{ARPT_CHAINS['out']}{gen}", []):
+        src, target, iface = _opt(argv, "-s"), _opt(argv, "-j"), _opt(argv, "-o")
+        src = src.split("/")[0] if src else None
+        if target == "mangle" and iface and src:
+            rewrite.setdefault(iface, set()).add((src, _opt(argv, "--mangle-ip-s")))
+        elif target == "DROP" and src and not iface:
+            drop_out.add(src)
+        else:
+            odd = True
+    flat = {}
+    for iface, pairs in rewrite.items():
+        if {p[0] for p in pairs} != set(vips) or len({p[1] for p in pairs}) != 1:
+            odd = True
+        flat[iface] = sorted(pairs)[0][1]
+    model = arp_rules_model(vips, flat) or {"vips": [], "rewrite": flat}
+    if odd or drop_out != set(vips) or not vips or len(ours) != 2:
+        model["incomplete"] = True
+    return model, gen, ours
+
+
+def observe_arptables(binary):
+    flavour = arptables_flavour(binary)
+    out = {"flavour": flavour, "binary": binary, "model": None, "generation": None, "chains": []}
+    if flavour is None:
+        return out
+    proc = subprocess.run([f"{binary}-save"], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise CommandExecutionError(f"{binary}-save failed: {proc.stderr.strip()}")
+    out["model"], out["generation"], out["chains"] = arptables_model(
+        parse_arptables_save(proc.stdout))
+    return out
+
+
+def arptables_rule_args(model, gen):
+    """The rules of one generation of our chains, as arptables arguments after ``-A CHAIN``."""
+    chain_in, chain_out = (f"{ARPT_CHAINS[k]}{gen}" for k in ("in", "out"))
+    out = [[chain_in, "-d", vip, "--opcode", "Request", "-j", "DROP"] for vip in model["vips"]]
+    for iface, address in model["rewrite"].items():
+        out += [[chain_out, "-o", iface, "-s", vip, "-j", "mangle", "--mangle-ip-s", address]
+                for vip in model["vips"]]
+    out += [[chain_out, "-s", vip, "-j", "DROP"] for vip in model["vips"]]
+    return out
+
+
+def arptables_commands(binary, model, observed_arpt):
+    """Commands that swap generations: the new chains are filled and jumped to (first in
+    INPUT/OUTPUT) before the old jumps and chains go, so a VIP is covered at every moment."""
+    old_gen = observed_arpt.get("generation")
+    existing = set(observed_arpt.get("chains") or [])
+    cmds = []
+    new_gen = None
+    if model is not None:
+        new_gen = "B" if old_gen == "A" else "A"
+        for kind in ("in", "out"):
+            chain = f"{ARPT_CHAINS[kind]}{new_gen}"
+            cmds.append([binary, "-F" if chain in existing else "-N", chain])
+        cmds += [[binary, "-A", *args] for args in arptables_rule_args(model, new_gen)]
+        for kind in ("in", "out"):
+            cmds.append([binary, "-I", ARPT_HOOKS[kind], "1", "-j",
+                         f"{ARPT_CHAINS[kind]}{new_gen}"])
+    for gen in ("A", "B"):
+        if gen == new_gen:
+            continue
+        for kind in ("in", "out"):
+            chain = f"{ARPT_CHAINS[kind]}{gen}"
+            if gen == old_gen:
+                cmds.append([binary, "-D", ARPT_HOOKS[kind], "-j", chain])
+            if chain in existing:
+                cmds += [[binary, "-F", chain], [binary, "-X", chain]]
+    return cmds
+
+
+def render_arptables_script(binary, model):
+    """The boot script: our chains from scratch (anything of ours left over goes first)."""
+    lines = [
+        "#!/bin/sh",
+        HEADER.rstrip("\n"),
+        "# ARP rules for LVS real server VIPs, loaded by lvs-realserver.service before the VIPs.",
+        f"A={binary}",
+    ]
+    for gen in ("A", "B"):
+        for kind in ("in", "out"):
+            chain = f"{ARPT_CHAINS[kind]}{gen}"
+            lines.append(f'"$A" -D {ARPT_HOOKS[kind]} -j {chain} 2>/dev/null; '
+                         f'"$A" -F {chain} 2>/dev/null; "$A" -X {chain} 2>/dev/null')
+    lines.append("set -e")
+    for kind in ("in", "out"):
+        lines.append(f'"$A" -N {ARPT_CHAINS[kind]}A')
+    lines += [f'"$A" -A {" ".join(args)}' for args in arptables_rule_args(model, "A")]
+    for kind in ("in", "out"):
+        lines.append(f'"$A" -I {ARPT_HOOKS[kind]} 1 -j {ARPT_CHAINS[kind]}A')
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,6 +779,7 @@ class Vip:
     address: object
     device: str = "lo"
     label: str = None
+    ports: tuple = ()  # ("tcp", 80), ...: what the redirect method redirects
 
     @property
     def prefixlen(self):
@@ -364,6 +800,39 @@ class Spec:
     scope: str = "interfaces"
     interfaces: tuple = None
     persist: bool = True
+    arp_method: str = "sysctl"
+
+
+PORT_PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+def parse_ports(raw, protocol, key, errors):
+    """``[80, "udp/53", {"protocol": "tcp", "port": 443}]`` -> (("tcp", 80), ("udp", 53), ...)."""
+    if raw is None:
+        return ()
+    if isinstance(raw, (int, str)) and not isinstance(raw, bool):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)):
+        errors.append(f"{key}: expected a list of ports such as [80, udp/53]")
+        return ()
+    out = set()
+    for idx, item in enumerate(raw):
+        proto, port = protocol, item
+        if isinstance(item, dict):
+            proto, port = item.get("protocol", protocol), item.get("port")
+        elif isinstance(item, str) and "/" in item:
+            proto, port = item.split("/", 1)
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            port = None
+        if proto not in PORT_PROTOCOLS:
+            errors.append(f"{key}:{idx}: protocol '{proto}' is not one of tcp, udp, sctp")
+        elif port is None or not 1 <= port <= 65535:
+            errors.append(f"{key}:{idx}: '{item}' is not a port from 1 to 65535")
+        else:
+            out.add((proto, port))
+    return tuple(sorted(out))
 
 
 def _label_ok(label, device):
@@ -398,7 +867,9 @@ def parse_vips(vips, device="lo", label=None, key="vips"):
                 "and have at most 15 characters"
             )
             continue
-        out.append(Vip(address, dev, lab or None))
+        ports = parse_ports(entry.get("ports"), entry.get("protocol", "tcp"), f"{ikey}:ports",
+                            errors)
+        out.append(Vip(address, dev, lab or None, ports))
     seen = set()
     for vip in out:
         if vip.address in seen:
@@ -409,21 +880,40 @@ def parse_vips(vips, device="lo", label=None, key="vips"):
     return tuple(out)
 
 
-def make_spec(vips, scope="interfaces", interfaces=None, persist=True, device="lo", label=None):
+def make_spec(vips, scope="interfaces", interfaces=None, persist=True, device="lo", label=None,
+              arp_method="sysctl"):
     errors = []
     if scope not in ("interfaces", "all"):
         errors.append(f"scope: '{scope}' is not one of interfaces, all")
+    if arp_method not in ARP_METHODS:
+        errors.append(f"arp_method: '{arp_method}' is not one of {', '.join(ARP_METHODS)}")
     if isinstance(interfaces, str):
         interfaces = [i.strip() for i in interfaces.split(",") if i.strip()]
     if interfaces is not None and not all(isinstance(i, str) and i for i in interfaces):
         errors.append("interfaces: expected a list of interface names")
     if errors:
         raise SaltInvocationError("\n".join(errors))
+    parsed = parse_vips(vips, device=device, label=label)
+    if arp_method == "redirect":
+        for idx, vip in enumerate(parsed):
+            if not vip.ports:
+                errors.append(
+                    f"vips:{idx}:ports: arp_method redirect needs the ports of {vip.address} "
+                    "(the services' protocol and ports): nothing else tells what to redirect"
+                )
+            if vip.device != "lo":
+                errors.append(
+                    f"vips:{idx}:device: arp_method redirect holds no VIP, so it works for "
+                    f"direct routing only; '{vip.device}' (TUN) needs the VIP on the device"
+                )
+    if errors:
+        raise SaltInvocationError("\n".join(errors))
     return Spec(
-        vips=parse_vips(vips, device=device, label=label),
+        vips=parsed,
         scope=scope,
         interfaces=tuple(interfaces) if interfaces else None,
         persist=bool(persist),
+        arp_method=arp_method,
     )
 
 
@@ -485,7 +975,8 @@ class Plan:
         for act in self.actions:
             if act.kind == "record":
                 continue
-            group = {"addr_add": "address", "addr_del": "address"}.get(act.kind, act.kind)
+            group = {"addr_add": "address", "addr_del": "address", "addr_set": "address"}.get(
+                act.kind, act.kind)
             bucket = out.setdefault(group, {})
             if act.target in bucket:  # a file written twice: report first old, last new
                 bucket[act.target]["new"] = act.new
@@ -520,29 +1011,92 @@ def _needed_conf(spec_vips, observed, spec, errors):
     return needed
 
 
+def rewrite_addresses(spec, observed):
+    """{interface: its own IPv4 address}: where the rule methods rewrite a VIP sender address.
+
+    The interfaces named in ``interfaces``, else every ARP-capable interface with an IPv4
+    address: a rewrite touches only ARP packets that carry a VIP as sender, so unlike
+    ``conf/all`` it has no side effect on other traffic (veths included). The address is the
+    interface's primary IPv4 address (the first in the kernel's dump), the one
+    ``arp_announce=2`` would most likely pick. A VIP sender on an interface without an IPv4
+    address is dropped by the rule that follows the rewrites."""
+    capable = {link.index: link for link in observed.links.values() if link.arp_capable}
+    wanted = set(spec.interfaces) if spec.interfaces else None
+    vips = {v.address for v in spec.vips}
+    out = {}
+    for addr in observed.addrs:
+        link = capable.get(addr.index)
+        if link is None or addr.address.version != 4 or link.name in out:
+            continue
+        if addr.address in vips or (wanted is not None and link.name not in wanted):
+            continue
+        out[link.name] = str(addr.address)
+    return dict(sorted(out.items()))
+
+
+def _merge_rule_models(kind, observed, final):
+    """What must be in force during a run: the final rules plus whatever the observed rules
+    still cover (lifted only after the VIPs they protect are gone)."""
+    if final is None:
+        return observed
+    if observed is None:
+        return final
+    if kind == "redirect":
+        merged = {a: list(p) for a, p in observed.items() if a != "incomplete"}
+        for addr, ports in final.items():
+            merged[addr] = _sorted_ports(set(merged.get(addr, [])) | set(ports))
+        return dict(sorted(merged.items()))
+    return arp_rules_model(set(observed.get("vips", [])) | set(final["vips"]),
+                           {**observed.get("rewrite", {}), **final["rewrite"]})
+
+
+def _rule_action(step, old, new, arpt_state=None):
+    kind, target, family = step
+    if kind == "arptables":
+        binary = arpt_state["binary"]
+        cmds = arptables_commands(binary, new, arpt_state)
+        return Action("arptables", target, old, new, {"commands": cmds})
+    body = None
+    if new is not None:
+        body = (render_arp_table(new) if family == "arp"
+                else render_redirect_table(new, 4 if family == "ip" else 6))
+    return Action("nftables", target, old, new, {"script": nft_table_script(family, body)})
+
+
 def plan_changes(spec, observed, record, paths, exclusive=True):
     """Decide, without touching anything, which actions converge the host to ``spec``.
 
     Order (the safety rule lives here, once):
-    1. raise ARP suppression that any desired VIP needs (live, then the boot drop-in);
+    1. put in force what keeps the host quiet about every VIP it will hold: the ARP sysctls
+       (``sysctl``), the arp table (``nftables``) or chains (``arptables``), the nat redirect
+       (``redirect``), live and then in the boot files; rules a run removes stay in force
+       until step 4;
     2. record the VIPs about to be managed (so a crash never leaves an unmanaged VIP);
     3. add missing VIPs (and the boot VIP list);
-    4. remove managed VIPs no longer desired (``exclusive``), then relax suppression that no
-       remaining managed VIP needs, back to the value found before this module raised it;
+    4. remove managed VIPs no longer desired (``exclusive``; with ``redirect`` every VIP goes,
+       the host holds none), then relax the suppression and remove the rules no remaining
+       managed VIP needs (the sysctls back to the value found before this module raised them);
     5. write the final record.
+
+    Switching ``arp_method`` is this same order: the new method is in force (step 1) before
+    the VIPs change (3, 4) and before the old method is removed (4).
     """
     errors = []
     warnings = []
     record = record or empty_record()
     actions = []
-    desired = {str(v.address): v for v in spec.vips}
+    paths = complete_paths(paths)
+    method = spec.arp_method
+    rules = observed.rules or {}
+    host_vips = () if method == "redirect" else spec.vips
+    desired = {str(v.address): v for v in host_vips}
     managed = dict(record.get("vips", {}))
 
-    for vip in spec.vips:
+    for vip in host_vips:
         if vip.device not in observed.links:
             hint = " (load the ipip module: it creates tunl0)" if vip.device == "tunl0" else ""
             errors.append(f"vips: {vip.address}: device '{vip.device}' does not exist{hint}")
-            continue
+    for vip in spec.vips:
         for held in observed.addrs_of(vip.address):
             link = observed.link_by_index(held.index)
             if link is not None and link.name != vip.device and link.arp_capable:
@@ -551,9 +1105,23 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
                     f" a real server must hold the VIP on {vip.device} only; remove it from "
                     f"{link.name} first (nothing was changed)"
                 )
+    if method in ("nftables", "redirect") and rules.get("nft") is False:
+        errors.append(f"arp_method: '{method}' needs nftables: {rules.get('nft_error')}")
+    arpt_state = rules.get("arptables") or {}
+    if method == "arptables" and "arptables" in rules and arpt_state.get("flavour") is None:
+        errors.append(
+            f"arp_method: 'arptables' needs the arptables command ('{arpt_state.get('binary')}' "
+            "does not run; package arptables, or iptables for arptables-nft)"
+        )
 
     # 1. suppression
-    needed = _needed_conf(spec.vips, observed, spec, errors)
+    if method == "sysctl":
+        needed = _needed_conf(host_vips, observed, spec, errors)
+    else:
+        needed = {}
+        for name in spec.interfaces or ():
+            if name not in observed.links:
+                errors.append(f"interfaces: '{name}' does not exist on this host")
     if spec.scope == "all" and needed:
         warnings.append(
             "scope all: net.ipv4.conf.all.arp_ignore and arp_announce change ARP on every "
@@ -597,7 +1165,7 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
     # the route back to the client is not via tunl0. Loose (2) on the device wins over
     # all=1 without touching conf/all (the kernel takes the max).
     brought_up = set()
-    for vip in spec.vips:
+    for vip in host_vips:
         link = observed.links[vip.device]
         if vip.device == "lo":
             continue
@@ -617,14 +1185,22 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
             persist_values[name] = observed.conf.get(vip.device, {}).get("rp_filter", 0)
 
     # What stays managed after this run, and which suppression it needs.
-    keep = dict(desired)
+    keep = {str(v.address): v for v in spec.vips}
     if not exclusive:
         for addr, info in managed.items():
             keep.setdefault(
-                addr, Vip(ipaddress.ip_address(addr), info["device"], info.get("label"))
+                addr,
+                Vip(ipaddress.ip_address(addr), info["device"], info.get("label"),
+                    tuple(tuple(p) for p in info.get("ports", []))),
             )
-    still_needed = _needed_conf(tuple(keep.values()), observed, spec, [])
-    tunnel_devices = {v.device for v in keep.values() if v.device != "lo" and v.address.version == 4}
+    keep_host = {} if method == "redirect" else keep
+    if method == "sysctl":
+        still_needed = _needed_conf(tuple(keep_host.values()), observed, spec, [])
+    else:
+        still_needed = {}
+    tunnel_devices = {
+        v.device for v in keep_host.values() if v.device != "lo" and v.address.version == 4
+    }
 
     def needed(path):
         conf, key = path.split("/")[-2:]
@@ -647,20 +1223,76 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
             continue
         relax.append(Action("sysctl", name, current, info["original"], {"path": info["path"]}))
 
+    # The rule methods: what each of our tables (chains) holds now, after step 1, and at the end.
+    v4_host = [v.address for v in keep_host.values() if v.address.version == 4]
+    rewrite = rewrite_addresses(spec, observed) if method in ("nftables", "arptables") else {}
+    want_arp = arp_rules_model(v4_host, rewrite)
+    rule_steps = [(("nftables", ARP_TABLE, "arp"), "arp", rules.get("arp"),
+                   want_arp if method == "nftables" else None)]
+    if "arptables" in rules:
+        arpt_target = f"arptables ({arpt_state.get('flavour') or 'missing'})"
+        rule_steps.append((("arptables", arpt_target, None), "arp", arpt_state.get("model"),
+                           want_arp if method == "arptables" else None))
+    for version, family in REDIRECT_FAMILIES.items():
+        final = redirect_model(keep.values(), version) if method == "redirect" else None
+        rule_steps.append(((("nftables", f"table {family} {NFT_TABLE}", family)), "redirect",
+                           (rules.get("redirect") or {}).get(family), final))
+    raise_rules, lower_rules, final_rules = [], [], {}
+    arpt_after = dict(arpt_state)
+    for step, kind, old, final in rule_steps:
+        during = _merge_rule_models(kind, old, final)
+        current = old
+        if during is not None and during != old:
+            raise_rules.append(_rule_action(step, old, during, arpt_state))
+            current = during
+            if step[0] == "arptables":
+                gen = "B" if arpt_state.get("generation") == "A" else "A"
+                arpt_after = {**arpt_state, "generation": gen,
+                              "chains": [f"{ARPT_CHAINS[k]}{gen}" for k in ("in", "out")]}
+        if final != current:
+            lower_rules.append(_rule_action(step, current, final, arpt_after))
+        final_rules[step[1]] = (step, final, during)
+    actions.extend(raise_rules)
+
+    def nft_text(which):
+        parts = []
+        for step, final, during in final_rules.values():
+            model = final if which == "final" else during
+            if step[0] != "nftables" or model is None:
+                continue
+            body = (render_arp_table(model) if step[2] == "arp"
+                    else render_redirect_table(model, 4 if step[2] == "ip" else 6))
+            parts.append(nft_table_script(step[2], body))
+        return (HEADER + "".join(parts)) if parts else None
+
+    def arpt_text(which):
+        for step, final, during in final_rules.values():
+            model = final if which == "final" else during
+            if step[0] == "arptables" and model is not None:
+                return render_arptables_script(arpt_state.get("binary") or "arptables", model)
+        return None
+
     files = {}
     if spec.persist:
         files["raise"] = render_sysctl_file({**_persisted_sysctls(paths), **persist_values})
     # 2. record the intent before any address appears
     record_after = empty_record()
     for addr, vip in keep.items():
-        record_after["vips"][addr] = {"device": vip.device, "label": vip.label}
+        entry = {"device": vip.device, "label": vip.label}
+        if vip.ports:
+            entry["ports"] = [list(p) for p in vip.ports]
+        record_after["vips"][addr] = entry
     intent = empty_record()
     intent["vips"] = {**managed, **record_after["vips"]}
     intent["sysctl"] = rec_sysctl
-    intent["options"] = record.get("options", {})
+    old_method = (record.get("options") or {}).get("arp_method", "sysctl")
+    intent["options"] = {**(record.get("options") or {}),
+                         "arp_methods_in_flight": sorted({old_method, method})}
 
     if spec.persist:
         _file_action(actions, paths["sysctl_file"], files["raise"])
+        _file_action(actions, paths["nft_file"], nft_text("during"))
+        _file_action(actions, paths["arptables_file"], arpt_text("during"))
     actions.append(Action("record", paths["state_file"], new=intent))
 
     # 3. add VIPs
@@ -697,12 +1329,28 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
                     },
                 )
             )
+        elif vip.address.version == 6 and not right[0].deprecated:
+            # held but preferred: it may be picked as the source of this host's own traffic
+            actions.append(
+                Action(
+                    "addr_set",
+                    vip.key,
+                    f"{vip.describe()} (preferred: may be chosen as a source address)",
+                    f"{vip.describe()} (deprecated: never chosen as a source address)",
+                    {"address": vip.address, "prefixlen": vip.prefixlen, "device": vip.device,
+                     "replace": True},
+                )
+            )
         elif addr not in managed:
             actions.append(Action("address", vip.key, "present, unmanaged", "present, managed"))
 
     # 4. remove VIPs no longer desired, then relax
-    if exclusive:
-        for addr, info in sorted(managed.items()):
+    if exclusive or method == "redirect":
+        remove = {a: i for a, i in managed.items() if exclusive or a in keep}
+        if method == "redirect":  # named but held: the host must hold none of them
+            for vip in spec.vips:
+                remove.setdefault(str(vip.address), {"device": vip.device})
+        for addr, info in sorted(remove.items()):
             if addr in desired:
                 continue
             address = ipaddress.ip_address(addr)
@@ -724,13 +1372,6 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
                         {"address": address, "prefixlen": prefix, "device": dev},
                     )
                 )
-    if spec.persist:
-        vip_text = render_vip_file(keep.values())
-        _file_action(actions, paths["vip_file"], vip_text if keep else None)
-        unit_text = render_unit(paths) if keep else None
-        _file_action(actions, paths["unit_file"], unit_text)
-        _wants_action(actions, paths["unit_file"], bool(keep))
-    actions.extend(relax)
     for act in relax:
         rec_sysctl.pop(act.target, None)
     for name, info in list(rec_sysctl.items()):
@@ -739,21 +1380,35 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
             rec_sysctl.pop(name)  # interface gone
         elif not needed(info["path"]) and any(w.startswith(name + " ") for w in warnings):
             rec_sysctl.pop(name)  # changed by someone else: no longer ours
+    final_sysctl = None
     if spec.persist:
         final_persist = {
             name: value
             for name, value in {**_persisted_sysctls(paths), **persist_values}.items()
             if needed(_sysctl_path(name))
         }
-        text = render_sysctl_file(final_persist) if final_persist else None
-        _file_action(actions, paths["sysctl_file"], text)
+        final_sysctl = render_sysctl_file(final_persist) if final_persist else None
+        vip_text = render_vip_file(keep_host.values()) if keep_host else None
+        final_nft = nft_text("final")
+        final_arpt = arpt_text("final")
+        _file_action(actions, paths["vip_file"], vip_text)
+        steps = unit_steps(paths, final_sysctl, final_nft, final_arpt, vip_text)
+        _file_action(actions, paths["unit_file"], render_unit(paths, steps) if steps else None)
+        _wants_action(actions, paths["unit_file"], bool(steps))
+    actions.extend(relax)
+    actions.extend(lower_rules)
+    if spec.persist:
+        _file_action(actions, paths["sysctl_file"], final_sysctl)
+        _file_action(actions, paths["nft_file"], final_nft)
+        _file_action(actions, paths["arptables_file"], final_arpt)
     else:
-        for key in ("vip_file", "unit_file", "sysctl_file"):
+        for key in ("vip_file", "unit_file", "sysctl_file", "nft_file", "arptables_file"):
             _file_action(actions, paths[key], None)
         _wants_action(actions, paths["unit_file"], False)
 
     record_after["sysctl"] = rec_sysctl
-    record_after["options"] = {"scope": spec.scope, "interfaces": list(spec.interfaces or [])}
+    record_after["options"] = {"scope": spec.scope, "interfaces": list(spec.interfaces or []),
+                               "arp_method": method}
     actions.append(Action("record", paths["state_file"], new=record_after))
     return Plan(actions=_drop_noop_files(actions), warnings=warnings, record=record_after)
 
@@ -854,12 +1509,32 @@ def render_vip_file(vips):
         if vip.address.version == 4 and vip.label:
             line += f" label {vip.label}"
         if vip.address.version == 6:
-            line += " nodad"
+            # deprecated at once: never chosen as a source address (see addr_request)
+            line += " nodad preferred_lft 0"
         lines.append(line + "\n")
     return "".join(lines)
 
 
-def render_unit(paths):
+def unit_steps(paths, sysctl_text, nft_text, arptables_text, vip_text):
+    """The unit's ExecStart commands, in the safety order: everything that keeps the host quiet
+    about a VIP (sysctls, nft tables, arptables chains) before the VIPs."""
+    steps = []
+    if sysctl_text:
+        steps.append(f"{SYSCTL_BIN} -q -e -p {paths['sysctl_file']}")
+    if nft_text:
+        steps.append(f"{NFT_BIN} -f {paths['nft_file']}")
+    if arptables_text:
+        steps.append(f"{SH_BIN} {paths['arptables_file']}")
+    if vip_text:
+        steps.append(f"{IP_BIN} -force -batch {paths['vip_file']}")
+    return steps
+
+
+def render_unit(paths, steps=None):
+    if steps is None:
+        steps = [f"{SYSCTL_BIN} -q -e -p {paths['sysctl_file']}",
+                 f"{IP_BIN} -force -batch {paths['vip_file']}"]
+    execs = "".join(f"ExecStart={step}\n" for step in steps)
     return (
         HEADER
         + "[Unit]\n"
@@ -873,8 +1548,7 @@ def render_unit(paths):
         "[Service]\n"
         "Type=oneshot\n"
         "RemainAfterExit=yes\n"
-        f"ExecStart={SYSCTL_BIN} -q -e -p {paths['sysctl_file']}\n"
-        f"ExecStart={IP_BIN} -force -batch {paths['vip_file']}\n"
+        f"{execs}"
         "\n"
         "[Install]\n"
         "WantedBy=sysinit.target\n"
@@ -941,19 +1615,19 @@ def execute(plan, observed):
         with Netlink() as nl:
             while i < len(actions):
                 act = actions[i]
-                if act.kind in ("addr_add", "addr_del"):
+                if act.kind in ADDR_KINDS:
                     j = i
-                    while j < len(actions) and actions[j].kind in ("addr_add", "addr_del"):
+                    while j < len(actions) and actions[j].kind in ADDR_KINDS:
                         j += 1
                     group = actions[i:j]
                     requests = []
                     for a in group:
                         link = observed.links[a.data["device"]]
-                        kind = RTM_NEWADDR if a.kind == "addr_add" else RTM_DELADDR
+                        kind = RTM_DELADDR if a.kind == "addr_del" else RTM_NEWADDR
                         requests.append(
                             addr_request(
                                 kind, a.data["address"], a.data["prefixlen"], link.index,
-                                a.data.get("label"),
+                                a.data.get("label"), replace=a.data.get("replace", False),
                             )
                         )
                     codes = nl.batch(requests)
@@ -963,7 +1637,8 @@ def execute(plan, observed):
                         )
                         if code and not benign:
                             raise _StepFailed(a, OSError(code, os.strerror(code)))
-                        journal.append(f"{'add' if a.kind == 'addr_add' else 'del'} {a.target}")
+                        verb = {"addr_add": "add", "addr_del": "del", "addr_set": "set"}[a.kind]
+                        journal.append(f"{verb} {a.target}")
                         done.append(a)
                     i = j
                     continue
@@ -979,6 +1654,13 @@ def execute(plan, observed):
                     elif act.kind == "file":
                         _apply_file(act)
                         journal.append(f"file {act.target}")
+                    elif act.kind == "nftables":
+                        _run_checked([_nft_bin() or NFT_BIN, "-f", "-"], act.data["script"])
+                        journal.append(f"nftables {act.target}")
+                    elif act.kind == "arptables":
+                        for argv in act.data["commands"]:
+                            _run_checked(argv)
+                        journal.append(f"arptables {act.target}")
                     elif act.kind == "record":
                         text = json.dumps(act.new, indent=1, sort_keys=True)
                         if _read_text(act.target) != text:  # a no-op run writes nothing
@@ -1001,6 +1683,21 @@ def execute(plan, observed):
             info={"changes": applied, "journal": journal, "not_applied": pending},
         ) from failed.error
     return journal
+
+
+ADDR_KINDS = ("addr_add", "addr_del", "addr_set")
+
+
+def _run_checked(argv, stdin=None):
+    """Run a command that writes to the kernel; a failure becomes an OSError with its message."""
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    except OSError as err:
+        raise OSError(err.errno, f"{argv[0]}: {err.strerror}") from err
+    if proc.returncode:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise OSError(errno.EIO, f"{' '.join(argv[:3])}... exited {proc.returncode}: "
+                                 f"{' / '.join(detail[-3:])}")
 
 
 class _StepFailed(Exception):
@@ -1033,7 +1730,20 @@ def _paths(overrides):
     unknown = sorted(set(overrides) - set(DEFAULT_PATHS))
     if unknown:
         raise SaltInvocationError(f"unknown argument(s): {', '.join(unknown)}")
-    return paths
+    return complete_paths(paths)
+
+
+def complete_paths(paths):
+    """Fill in the paths that default to the folder of ``vip_file`` (nft_file, arptables_file)
+    and the arptables binary."""
+    out = dict(paths)
+    folder = os.path.dirname(out["vip_file"])
+    for key, name in DERIVED_FILES.items():
+        if not out.get(key):
+            out[key] = os.path.join(folder, name)
+    out.setdefault("arptables_bin", DEFAULT_PATHS["arptables_bin"])
+    out["arptables_bin"] = out["arptables_bin"] or DEFAULT_PATHS["arptables_bin"]
+    return out
 
 
 def read_record(path):
@@ -1053,14 +1763,10 @@ def _from_pillar():
     return __salt__["lvs_pillar.realserver"]()  # pylint: disable=undefined-variable
 
 
-def _resolve(vips, scope, interfaces, persist, device, label):
+def _resolve(vips, scope, interfaces, persist, device, label, arp_method=None):
     """Arguments win; what they leave out comes from this minion's pillar."""
-    need_pillar = vips is None or scope is None or persist is None
+    need_pillar = vips is None or scope is None or persist is None or arp_method is None
     conf = _from_pillar() if need_pillar else {}
-    if conf and conf.get("arp_method", "sysctl") != "sysctl":
-        raise SaltInvocationError(
-            f"lvs:realserver:arp_method: '{conf['arp_method']}' is not available in this version"
-        )
     return make_spec(
         vips=conf.get("vips", []) if vips is None else vips,
         scope=scope or conf.get("scope", "interfaces"),
@@ -1068,6 +1774,7 @@ def _resolve(vips, scope, interfaces, persist, device, label):
         persist=conf.get("persist", True) if persist is None else persist,
         device=device,
         label=label,
+        arp_method=arp_method or conf.get("arp_method") or "sysctl",
     )
 
 
@@ -1095,7 +1802,8 @@ def ensure_tunnel_devices(spec, observed, test):
         for dev in missing:
             links[dev] = Link(-1, dev, IFF_NOARP, ARPHRD_TUNNEL)
             conf[dev] = dict(observed.conf["default"])
-        return Observed(links=links, addrs=observed.addrs, conf=conf), changes
+        return Observed(links=links, addrs=observed.addrs, conf=conf, rules=observed.rules,
+                        legacy=observed.legacy), changes
     for dev in missing:
         proc = subprocess.run(["modprobe", TUNNEL_MODULES[dev]], capture_output=True, text=True,
                               check=False)
@@ -1108,10 +1816,23 @@ def ensure_tunnel_devices(spec, observed, test):
     return observed, changes
 
 
+def _methods_in_play(spec, record):
+    options = record.get("options") or {}
+    return {spec.arp_method, options.get("arp_method", "sysctl"),
+            *options.get("arp_methods_in_flight", [])}
+
+
 def _run(spec, paths, exclusive, test):
     observed = observe()
     observed, loaded = ensure_tunnel_devices(spec, observed, test)
     record = read_record(paths["state_file"])
+    methods = _methods_in_play(spec, record)
+    if methods != {"sysctl"}:  # the sysctl method alone runs no subprocess at all
+        observed.rules = observe_rules(
+            want_nft=bool(methods & {"nftables", "redirect"}) or _nft_bin() is not None,
+            want_arptables="arptables" in methods,
+            arptables_bin=paths["arptables_bin"],
+        )
     plan = plan_changes(spec, observed, record, paths, exclusive=exclusive)
     changes = {**loaded, **plan.changes()}
     ret = {"changes": changes, "warnings": plan.warnings, "test": bool(test)}
@@ -1131,6 +1852,7 @@ def apply(
     label=None,
     exclusive=False,
     test=False,
+    arp_method=None,
     **paths,
 ):
     """
@@ -1150,6 +1872,10 @@ def apply(
         the sysctls before it adds the VIPs. Default: pillar, else true.
     exclusive
         Remove managed VIPs not named here (the state does this). Default: false.
+    arp_method
+        ``sysctl``, ``nftables``, ``arptables`` or ``redirect`` (see the module docs and
+        docs/method-*.md). Default: pillar ``lvs:realserver:arp_method``, else ``sysctl``.
+        ``redirect`` needs the ports of each VIP: ``{address, ports: [80, udp/53]}``.
     test
         Return the changes a run would make and touch nothing.
     state_file, sysctl_file, vip_file, unit_file
@@ -1163,7 +1889,7 @@ def apply(
         salt 'rs*' lvs_realserver.apply vips='[198.51.100.100]' test=True
     """
     paths = _paths(paths)
-    spec = _resolve(vips, scope, interfaces, persist, device, label)
+    spec = _resolve(vips, scope, interfaces, persist, device, label, arp_method)
     return _run(spec, paths, exclusive, test)
 
 
@@ -1185,18 +1911,21 @@ def remove(vips=None, persist=None, test=False, **paths):
     managed = record.get("vips", {})
     drop = set(managed) if vips is None else {str(v.address) for v in parse_vips(vips)}
     keep = [
-        {"address": addr, "device": info["device"], "label": info.get("label")}
+        {"address": addr, "device": info["device"], "label": info.get("label"),
+         "ports": [f"{p[0]}/{p[1]}" for p in info.get("ports", [])]}
         for addr, info in managed.items()
         if addr not in drop
     ]
     if persist is None:
-        persist = os.path.exists(paths["unit_file"]) or os.path.exists(paths["sysctl_file"])
+        persist = any(os.path.exists(paths[k]) for k in
+                      ("unit_file", "sysctl_file", "nft_file", "arptables_file"))
     options = record.get("options") or {}
     spec = make_spec(
         keep,
         scope=options.get("scope", "interfaces"),
         interfaces=options.get("interfaces") or None,
         persist=persist,
+        arp_method=options.get("arp_method", "sysctl"),
     )
     return _run(spec, paths, exclusive=True, test=test)
 

@@ -40,6 +40,17 @@ SYSCTL_PATH = re.compile(r"/proc/sys/net/ipv4/conf/([^/]+)/(arp_\w+)$")
 # address messages are decoded from their bytes: type 0x14 RTM_NEWADDR, 0x15 RTM_DELADDR.
 ADDR_MSG = re.compile(r'nlmsg_type=(0x14|0x15|RTM_NEWADDR|RTM_DELADDR)\b[^}]*\}, "((?:\\x[0-9a-f]{2})*)"')
 NAMES = {"0x14": "RTM_NEWADDR", "0x15": "RTM_DELADDR"}
+EXECVE = re.compile(r'execve\("[^"]*", \[([^\]]*)\]')
+NFT_TABLE = re.compile(r"^table (arp|ip|ip6) saltext_lvs( \{)?$", re.M)
+
+
+def _nft_events(script):
+    """A script the module pipes into nft: which of our tables it loads or deletes."""
+    out = []
+    for family in sorted({m.group(1) for m in NFT_TABLE.finditer(script)}):
+        loads = re.search(rf"^table {family} saltext_lvs \{{$", script, re.M)
+        out.append(("nft", family, "load" if loads else "delete"))
+    return out
 
 
 def _unhex(text):
@@ -62,8 +73,11 @@ def _ifaddr_address(payload):
 
 def traced_kernel_writes(argv, trace_file):
     """Run argv under strace and return the kernel writes it made, in order:
-    ("sysctl", "eth0/arp_ignore", "1") and ("RTM_NEWADDR", "198.51.100.100")."""
-    cmd = ["strace", "-f", "-qq", "-y", "-xx", "-s", "65536", "-e", "trace=write,sendto",
+    ("sysctl", "eth0/arp_ignore", "1"), ("RTM_NEWADDR", "198.51.100.100"), and for the rule
+    methods ("nft", "arp", "load" | "delete"): the script piped into ``nft -f -`` (the module
+    waits for nft to exit before its next step, so the script's position is its commit's) and
+    ("arptables", "-A LVS_RS_IN_A ...") from the execve of every arptables command."""
+    cmd = ["strace", "-f", "-qq", "-y", "-xx", "-s", "65536", "-e", "trace=write,sendto,execve",
            "-e", "signal=none", "-o", str(trace_file), *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -75,6 +89,14 @@ def traced_kernel_writes(argv, trace_file):
             if path:
                 events.append(("sysctl", f"{path.group(1)}/{path.group(2)}",
                                _unhex(m.group(2)).decode().strip()))
+            elif _unhex(m.group(1)).decode().startswith("pipe:"):
+                events.extend(_nft_events(_unhex(m.group(2)).decode(errors="replace")))
+            continue
+        x = EXECVE.search(line)
+        if x:
+            args = [_unhex(a).decode() for a in re.findall(r'"((?:\\x[0-9a-f]{2})*)"', x.group(1))]
+            if args and args[0].split("/")[-1].startswith("arptables") and "-V" not in args:
+                events.append(("arptables", " ".join(args[1:])))
             continue
         if "sendto(" not in line:
             continue
@@ -196,3 +218,105 @@ def test_execution_module_from_the_command_line(lab, tmp_path):
     bad = saltenv.salt_call_raw(conf, "lvs_realserver.apply", "vips=[203.0.113.7]",
                                 "state_fil=/tmp/typo", "test=True", netns=rs.ns)
     assert bad.returncode != 0 and "unknown argument(s): state_fil" in bad.stdout + bad.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The rule methods: the same proofs with nft / arptables writes in the trace
+
+
+def method_pillar(method, without=None):
+    pillar = copy.deepcopy(EXAMPLE)
+    pillar["lvs"]["realserver"]["arp_method"] = method
+    for svc in pillar["lvs"]["services"].values():
+        svc["realservers"].pop(without, None)
+    return pillar
+
+
+def write_pillar(tmp_path, name, pillar):
+    (tmp_path / name / "pillar" / "lvs.sls").write_text(json.dumps(pillar))
+
+
+@pytest.fixture
+def fresh_lab():
+    """A lab of its own: the module-scoped one keeps what earlier tests left on rs1 and rs2."""
+    with Lab() as lab:
+        yield lab
+
+
+def _index(events, pred):
+    return [i for i, e in enumerate(events) if pred(e)]
+
+
+@pytest.mark.parametrize("method", ["nftables"])
+def test_rule_method_write_order_recorded_by_strace(fresh_lab, tmp_path, method):
+    """Rules in force strictly before the VIP appears; switching to sysctl raises the sysctls
+    before the rules go; switching back loads the rules before the sysctls are relaxed; taking
+    the real server out removes the VIP strictly before the rules."""
+    rs = fresh_lab.host("rs1")
+    conf = config(tmp_path, "rs1", method_pillar(method))
+    saltenv.salt_call(conf, "saltutil.sync_all", netns=rs.ns)
+    argv = saltenv.salt_call_argv(conf, "state.apply", "lvs", netns=rs.ns)
+    rule_in = (lambda e: e[:3] == ("nft", "arp", "load")) if method == "nftables" else (
+        lambda e: e[0] == "arptables" and e[1].startswith("-I"))
+    rule_out = (lambda e: e[:3] == ("nft", "arp", "delete")) if method == "nftables" else (
+        lambda e: e[0] == "arptables" and e[1].startswith("-X"))
+
+    events = traced_kernel_writes(argv, tmp_path / "apply.trace")
+    rules, adds = _index(events, rule_in), _index(events, lambda e: e == ("RTM_NEWADDR", VIP))
+    assert rules and adds and max(rules) < min(adds), events
+    assert not _index(events, lambda e: e[0] == "sysctl"), "rule methods leave the sysctls"
+
+    write_pillar(tmp_path, "rs1", method_pillar("sysctl"))
+    events = traced_kernel_writes(argv, tmp_path / "to-sysctl.trace")
+    raised = _index(events, lambda e: e[0] == "sysctl" and e[2] != "0")
+    gone = _index(events, rule_out)
+    assert raised and gone and max(raised) < min(gone), events
+    assert not _index(events, lambda e: e[0].startswith("RTM_")), "the VIP stays put"
+
+    write_pillar(tmp_path, "rs1", method_pillar(method))
+    events = traced_kernel_writes(argv, tmp_path / "to-rules.trace")
+    loaded = _index(events, rule_in)
+    relaxed = _index(events, lambda e: e[0] == "sysctl" and e[2] == "0")
+    assert loaded and relaxed and max(loaded) < min(relaxed), events
+
+    write_pillar(tmp_path, "rs1", method_pillar(method, without="rs1"))
+    events = traced_kernel_writes(argv, tmp_path / "remove.trace")
+    dels = _index(events, lambda e: e == ("RTM_DELADDR", VIP))
+    gone = _index(events, rule_out)
+    assert dels and gone and max(dels) < min(gone), events
+    assert rs.ns.run("nft", "list", "tables").stdout.strip() == ""
+    assert rs.arp_sysctls()["eth0"] == (0, 0)
+
+
+@pytest.mark.parametrize("method", ["nftables"])
+def test_boot_replay_with_rule_methods(fresh_lab, tmp_path, method):
+    """The unit persisted by a rule method, replayed step by step in a never-configured rs2:
+    the rules come before the VIPs, and the wire is right at the end."""
+    lab = fresh_lab
+    rs1, rs2 = lab.host("rs1"), lab.host("rs2")
+    conf = config(tmp_path, "rs1", method_pillar(method))
+    saltenv.deploy_formula(conf, netns=rs1.ns)
+    persist = tmp_path / "rs1" / "persist"
+    unit = (persist / "systemd" / "lvs-realserver.service").read_text()
+    execs = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert len(execs) == 2 and "-batch" in execs[-1], execs
+    assert not (persist / "sysctl.d" / "90-lvs-realserver.conf").exists()
+    # the rules file mentions rs1's own address: rs2 boots from the same file with its own
+    # address, as a copy of rs1's disk would not; substitute it to replay on rs2
+    rules_path = shlex.split(execs[0])[-1]
+    text = open(rules_path, encoding="utf-8").read().replace(rs1.address, rs2.address)
+    replay = tmp_path / "rs2-rules"
+    replay.write_text(text)
+    first = [*shlex.split(execs[0])[:-1], str(replay)]
+    rs2.ns.run(*first)
+    assert f"{VIP}/32" not in rs2.addresses("lo"), "the rules step must not add the VIP"
+    rs2.ns.run(*shlex.split(execs[1]))
+    assert f"{VIP}/32" in rs2.addresses("lo")
+    assert rs2.arp_sysctls()["eth0"] == (0, 0)
+    assert lab.arp_responders() == {"lb1"}
+    senders = lab.own_arp_senders("rs2")
+    assert senders == {rs2.address}, senders
+    rs2.ns.run(*first)  # a second start is harmless
+    rs2.ns.run(*shlex.split(execs[1]))
+    assert lab.arp_responders() == {"lb1"}
+    assert rs2.addresses("lo").count(f"{VIP}/32") == 1

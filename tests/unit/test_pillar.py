@@ -107,7 +107,6 @@ BAD = [
     ),
     (("services", "web", "persistence"), -1, "lvs:services:web:persistence", ">= 0"),
     (("realserver", "arp_method"), "magic", "lvs:realserver:arp_method", "not one of"),
-    (("realserver", "arp_method"), "nftables", "lvs:realserver:arp_method", "not available"),
     (("realserver", "scope"), "everything", "lvs:realserver:scope", "not one of"),
     (("realserver", "persist"), "yes please", "lvs:realserver:persist", "true or false"),
     (("realserver", "colour"), "blue", "lvs:realserver:colour", "unknown key"),
@@ -128,6 +127,15 @@ def test_bad_pillar_names_the_key(mod, example, path, value, key, words):
     # the per-minion view refuses the same tree: nothing downstream sees a bad pillar
     with pytest.raises(SaltInvocationError):
         mod.realserver("rs1", lvs)
+
+
+def test_an_arp_method_not_available_is_refused_naming_the_key(mod, example, monkeypatch):
+    monkeypatch.setattr(mod, "ARP_METHODS_AVAILABLE", ("sysctl",))
+    lvs = copy.deepcopy(example)
+    lvs["realserver"]["arp_method"] = "nftables"
+    with pytest.raises(SaltInvocationError, match="lvs:realserver:arp_method: 'nftables' is not "
+                                                  "available"):
+        mod.validate(lvs)
 
 
 def test_all_errors_are_reported_at_once(mod, example):

@@ -234,7 +234,7 @@ def test_persisted_files(tmp_path):
     vips = files[p["vip_file"]]["new"].splitlines()[-2:]
     assert vips == [
         f"address replace {VIP}/32 dev lo label lo:vip",
-        "address replace 2001:db8::100/128 dev lo nodad",
+        "address replace 2001:db8::100/128 dev lo nodad preferred_lft 0",
     ]
     unit = files[p["unit_file"]]["new"]
     execs = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
