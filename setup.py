@@ -12,7 +12,8 @@ import pathlib
 from setuptools import setup
 
 HERE = pathlib.Path(__file__).resolve().parent
-LOADER_DIRS = {"modules": "_modules", "states": "_states", "beacons": "_beacons"}
+LOADER_DIRS = {"modules": "_modules", "states": "_states", "beacons": "_beacons",
+               "runners": "_runners"}
 # Salt's loader lists the files of these folders itself: they are not Python packages and must
 # not get an __init__.py (a synced _modules/__init__.py would be loaded as a module).
 PACKAGES = [f"saltext_lvs.{kind}" for kind, folder in LOADER_DIRS.items()
