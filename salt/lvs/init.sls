@@ -18,6 +18,7 @@ lvs-extension-missing:
 {%- if 'director' in roles or directing %}
 {%-   do includes.append('lvs.director') %}
 {%- endif %}
+{%- do includes.append('lvs.beacon') %}  {#- drift beacon: present on real servers, absent elsewhere #}
 include: {{ includes | json }}
 
 lvs-roles:
