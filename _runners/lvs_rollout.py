@@ -12,10 +12,14 @@ does not hold, so the orchestration step fails and, with ``failhard``, the roll-
   servers are in them (after an add) or gone from them (after a removal).
 - :func:`directors`: the directors of the ``lvs`` pillar, for the orchestrations' default target.
 
+A check that does not hold returns ``{"Error": <why>, ...}`` and sets the runner's return code:
+``salt.runner`` then fails the orchestration step with that text, and ``salt-run`` exits non-zero.
+
 Minions are reached with ``LocalClient`` (list targets only). How to run the orchestrations:
 docs/remediation.md, "Ordered roll-out".
 """
 
+import functools
 import ipaddress
 import logging
 
@@ -34,6 +38,24 @@ CMD_TIMEOUT = 60  # seconds a read-only call to a minion may take
 
 def __virtual__():
     return __virtualname__
+
+
+def _failing(func):
+    """A check that does not hold is a failed runner job with the reason as ``Error``."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (CommandExecutionError, SaltInvocationError) as err:
+            log.warning("lvs_rollout.%s: %s", func.__name__, err)
+            try:
+                __context__["retcode"] = 1  # pylint: disable=undefined-variable
+            except NameError:
+                pass
+            return {"Error": str(err), **getattr(err, "details", {})}
+
+    return wrapper
 
 
 def _as_list(value, key):
@@ -123,6 +145,7 @@ def _directors_of(minion):
     return found
 
 
+@_failing
 def directors(minion):
     """
     The directors (``lvs:directors`` keys) in ``minion``'s pillar: the orchestrations' default.
@@ -158,6 +181,7 @@ def realserver_problems(audit, record):
     return problems
 
 
+@_failing
 def check_realservers(minions):
     """
     Every real server audits clean and holds every VIP it manages, or raise (stop the roll-out).
@@ -207,6 +231,7 @@ def drain_plan(statuses, wanted):
     return leaving, kept
 
 
+@_failing
 def drain(realservers, directors=None, timeout=60, addresses=None, force=False):
     """
     Drain real servers the pillar no longer lists: on every director, weight 0 for each of
@@ -274,6 +299,7 @@ def drain(realservers, directors=None, timeout=60, addresses=None, force=False):
     return result
 
 
+@_failing
 def check_directors(directors, realservers=None, present=True):
     """
     The directors' IPVS tables are what their pillar says (``lvs_director.status`` ok) and the

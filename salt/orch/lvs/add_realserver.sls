@@ -19,16 +19,22 @@
       directors        minion ids; default: lvs:directors of the first real server's pillar
       batch            real servers at a time (1, "25%"); default 1
       director_batch   directors at a time; default 1 #}
-{%- set realservers = salt['pillar.get']('realservers') %}
-{%- if realservers is string %}{% set realservers = realservers.split(',') | map('trim') | list %}{% endif %}
+{%- set realservers = salt['pillar.get']('realservers', []) %}
+{%- if realservers is string %}{% set realservers = realservers.split(',') | map('trim') | select | list %}{% endif %}
 {%- if not realservers %}
 lvs-add-realserver-input:
   test.fail_without_changes:
-    - name: "orch.lvs.add_realserver needs pillar realservers: [minion ids] (already in lvs:services:<name>:realservers)"
+    - comment: "orch.lvs.add_realserver needs pillar realservers: [minion ids] (already in lvs:services:<name>:realservers)"
     - failhard: True
 {%- else %}
-{%- set directors = salt['pillar.get']('directors') or salt['saltutil.runner']('lvs_rollout.directors', minion=realservers[0]) %}
-{%- if directors is string %}{% set directors = directors.split(',') | map('trim') | list %}{% endif %}
+{%- set directors = salt['pillar.get']('directors', []) or salt['saltutil.runner']('lvs_rollout.directors', minion=realservers[0]) %}
+{%- if directors is string %}{% set directors = directors.split(',') | map('trim') | select | list %}{% endif %}
+{%- if directors is mapping or not directors %}
+lvs-add-directors:
+  test.fail_without_changes:
+    - comment: {{ ("no directors: " ~ (directors.get('Error') if directors is mapping else "give pillar directors: [minion ids]")) | json }}
+    - failhard: True
+{%- else %}
 lvs-add-realserver-state:
   salt.state:
     - tgt: {{ realservers | json }}
@@ -64,4 +70,5 @@ lvs-add-director-check:
     - require:
       - salt: lvs-add-director-state
     - failhard: True
+{%- endif %}
 {%- endif %}

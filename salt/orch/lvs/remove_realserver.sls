@@ -23,16 +23,22 @@
       addresses        their addresses, when the minions cannot tell (a dead host)
       batch            real servers at a time; default 1
       director_batch   directors at a time; default 1 #}
-{%- set realservers = salt['pillar.get']('realservers') %}
-{%- if realservers is string %}{% set realservers = realservers.split(',') | map('trim') | list %}{% endif %}
+{%- set realservers = salt['pillar.get']('realservers', []) %}
+{%- if realservers is string %}{% set realservers = realservers.split(',') | map('trim') | select | list %}{% endif %}
 {%- if not realservers %}
 lvs-remove-realserver-input:
   test.fail_without_changes:
-    - name: "orch.lvs.remove_realserver needs pillar realservers: [minion ids] (already removed from lvs:services:<name>:realservers)"
+    - comment: "orch.lvs.remove_realserver needs pillar realservers: [minion ids] (already removed from lvs:services:<name>:realservers)"
     - failhard: True
 {%- else %}
-{%- set directors = salt['pillar.get']('directors') or salt['saltutil.runner']('lvs_rollout.directors', minion=realservers[0]) %}
-{%- if directors is string %}{% set directors = directors.split(',') | map('trim') | list %}{% endif %}
+{%- set directors = salt['pillar.get']('directors', []) or salt['saltutil.runner']('lvs_rollout.directors', minion=realservers[0]) %}
+{%- if directors is string %}{% set directors = directors.split(',') | map('trim') | select | list %}{% endif %}
+{%- if directors is mapping or not directors %}
+lvs-remove-directors:
+  test.fail_without_changes:
+    - comment: {{ ("no directors: " ~ (directors.get('Error') if directors is mapping else "give pillar directors: [minion ids]")) | json }}
+    - failhard: True
+{%- else %}
 lvs-remove-drain:
   salt.runner:
     - name: lvs_rollout.drain
@@ -72,4 +78,5 @@ lvs-remove-realserver-state:
     - require:
       - salt: lvs-remove-director-check
     - failhard: True
+{%- endif %}
 {%- endif %}
