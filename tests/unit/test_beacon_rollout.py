@@ -127,3 +127,22 @@ def test_drain_sets_every_weight_to_zero_before_it_waits():
     drains = [(c[2][0], c[3]) for c in calls if c[1] == "lvs_director.drain"]
     assert drains == [("198.51.100.13", 0), ("2001:db8::13", 0),
                       ("198.51.100.13", 30), ("2001:db8::13", 30)]
+
+
+def test_remaining_connections_stop_the_removal_unless_forced():
+    mod = load("runners", "lvs_rollout", opts={}, context={})
+
+    def cmd(minions, fun, arg=(), kwarg=None, timeout=None):
+        if fun.startswith("network.ip_addrs"):
+            return {m: {"ret": ["198.51.100.13"], "retcode": 0} for m in minions}
+        if fun == "lvs_director.status":
+            return {m: {"ret": status({SVC: ["198.51.100.13:80"]}, {SVC: []}), "retcode": 0}
+                    for m in minions}
+        return {m: {"ret": {"drained": False, "active": {f"{SVC} -> 198.51.100.13:80": 2}},
+                    "retcode": 0} for m in minions}
+
+    mod._cmd = cmd  # noqa: SLF001
+    out = mod.drain("rs3", directors="lb1", timeout=5)
+    assert "active connections remain after 5 s" in out["Error"] and "weight 0" in out["Error"]
+    forced = mod.drain("rs3", directors="lb1", timeout=5, force=True)
+    assert forced["drained"] is False and forced["comment"].startswith("forced: ")
