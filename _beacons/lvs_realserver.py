@@ -652,8 +652,10 @@ def beacon(config):
     try:
         watcher = _watcher(conf)
     except KeyError:
-        log.warning("lvs_realserver beacon: the lvs_realserver execution module is not loaded "
-                    "(run saltutil.sync_all or install saltext-lvs)")
+        if not __context__.get(CONTEXT_KEY + ".missing"):  # pylint: disable=undefined-variable
+            __context__[CONTEXT_KEY + ".missing"] = True  # pylint: disable=undefined-variable
+            log.warning("lvs_realserver beacon: the lvs_realserver execution module is not "
+                        "loaded (run saltutil.sync_all or install saltext-lvs); checking nothing")
         return []
     wall, mono = time.time(), time.monotonic()
     try:

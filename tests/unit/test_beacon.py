@@ -280,3 +280,10 @@ def test_what_the_beacon_signs_the_runner_verifies(keypair):
 
 def test_no_key_means_no_signature(tmp_path):
     assert beacon.sign("x", str(tmp_path / "missing.pem")) is None
+
+
+def test_without_the_execution_module_it_says_so_once(caplog):
+    lonely = load("beacons", "lvs_realserver", salt={}, context={}, opts={"id": "rs1"})
+    for _ in range(3):
+        assert lonely.beacon([]) == []
+    assert sum("not loaded" in r.message for r in caplog.records) == 1
