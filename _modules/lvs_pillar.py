@@ -40,7 +40,7 @@ PROTOCOLS = ("tcp", "udp", "sctp", "fwmark")
 METHODS = ("dr", "tun", "nat")
 ARP_METHODS = ("sysctl", "nftables", "arptables", "redirect")
 # The arp methods this version can apply; any other is refused with a clear error.
-ARP_METHODS_AVAILABLE = ("sysctl", "nftables")
+ARP_METHODS_AVAILABLE = ("sysctl", "nftables", "redirect", "arptables")
 SCOPES = ("interfaces", "all")
 REALSERVER_DEFAULTS = {
     "arp_method": "sysctl",
@@ -48,6 +48,8 @@ REALSERVER_DEFAULTS = {
     "persist": True,
     "interfaces": None,
     "label": None,
+    # DR VIPs on a dedicated interface instead of lo (created as a dummy when missing)
+    "device": None,
 }
 # Where a real server holds the VIP, per forwarding method.
 VIP_DEVICE = {"dr": "lo", "tun": "tunl0"}
@@ -326,6 +328,13 @@ def _validate_realserver_defaults(rs, errors):
         out["interfaces"] = ifaces
     if out["label"] is not None and not isinstance(out["label"], str):
         errors.append(f"{key}:label: '{out['label']}' must be a string")
+    dev = out["device"]
+    if dev is not None and (not isinstance(dev, str) or not 0 < len(dev) <= 15
+                            or any(c in dev for c in "/: ") or dev in VIP_DEVICE.values()):
+        errors.append(
+            f"{key}:device: '{dev}' must be an interface name of at most 15 characters other "
+            "than lo and tunl0 (a dedicated interface for DR VIPs, created as a dummy if missing)"
+        )
     return out
 
 
@@ -451,7 +460,8 @@ def realserver(minion_id=None, lvs=None):
             str(svc["vip"]),
             {
                 "address": str(svc["vip"]),
-                "device": VIP_DEVICE[svc["method"]],
+                "device": (defaults["device"] if svc["method"] == "dr" and defaults["device"]
+                           else VIP_DEVICE[svc["method"]]),
                 "label": defaults["label"],
                 "services": [],
                 "ports": [],

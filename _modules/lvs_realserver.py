@@ -52,6 +52,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import struct
@@ -86,9 +87,19 @@ DEFAULT_PATHS = {
     "nft_file": None,
     "arptables_file": None,
     "arptables_bin": "arptables",
+    "iptables_file": None,
+    "ip6tables_file": None,
+    "iptables_bin": "iptables",
+    # redirect: nftables nat, or iptables where the host has no nft (auto), or forced
+    "redirect_backend": "auto",
 }
-DERIVED_FILES = {"nft_file": "realserver.nft", "arptables_file": "realserver-arptables.sh"}
-FILE_KEYS = ("state_file", "sysctl_file", "vip_file", "unit_file", "nft_file", "arptables_file")
+DERIVED_FILES = {
+    "nft_file": "realserver.nft",
+    "arptables_file": "realserver-arptables.sh",
+    "iptables_file": "realserver-redirect.iptables",
+    "ip6tables_file": "realserver-redirect.ip6tables",
+}
+REDIRECT_BACKENDS = ("auto", "nftables", "iptables")
 SYSCTL_BIN = "/sbin/sysctl"
 IP_BIN = "/sbin/ip"
 NFT_BIN = "/usr/sbin/nft"
@@ -136,6 +147,7 @@ IFA_F_DEPRECATED = 0x20
 NLM_F_REPLACE = 0x100
 INFINITY_LIFE_TIME = 0xFFFFFFFF
 IFLA_IFNAME = 3
+IFLA_MTU = 4
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 IFF_NOARP = 0x80
@@ -287,6 +299,7 @@ class Link:
     name: str
     flags: int
     type: int
+    mtu: int = 0
 
     @property
     def arp_capable(self):
@@ -393,8 +406,11 @@ def observe():
         links = {}
         for body in nl.dump(RTM_GETLINK, _IFINFOMSG.pack(0, 0, 0, 0, 0)):
             _fam, ltype, index, flags, _change = _IFINFOMSG.unpack_from(body)
-            name = _attrs(body, _IFINFOMSG.size).get(IFLA_IFNAME, b"").rstrip(b"\0").decode()
-            links[name] = Link(index, name, flags, ltype)
+            attrs = _attrs(body, _IFINFOMSG.size)
+            name = attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode()
+            mtu = attrs.get(IFLA_MTU)
+            links[name] = Link(index, name, flags, ltype,
+                               struct.unpack_from("=I", mtu)[0] if mtu and len(mtu) >= 4 else 0)
         addrs = []
         for body in nl.dump(RTM_GETADDR, _IFADDRMSG.pack(0, 0, 0, 0, 0)):
             family, prefixlen, flags, _scope, index = _IFADDRMSG.unpack_from(body)
@@ -625,9 +641,95 @@ def nft_table_script(family, body):
     return text + (body or "")
 
 
-def observe_rules(want_nft=True, want_arptables=False, arptables_bin="arptables"):
+IPT_CHAIN = "SALTEXT_LVS"
+IPT_FAMILIES = {4: "ip", 6: "ip6"}
+
+
+def iptables_binary(base, version):
+    """``iptables``/``iptables-legacy``/``iptables-nft`` for IPv4, the ip6tables twin for IPv6."""
+    return base if version == 4 else base.replace("iptables", "ip6tables", 1)
+
+
+def _which(name):
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+
+
+def parse_iptables_nat(text, version):
+    """``iptables-save -t nat`` -> our redirect model ({VIP: ["tcp/80"]}), None when our chain
+    is not there; ``incomplete`` when the jump from PREROUTING is missing or a rule is odd."""
+    declared, jumps, out, odd = False, 0, {}, False
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == f":{IPT_CHAIN}":
+            declared = True
+        elif parts[:2] == ["-A", "PREROUTING"] and parts[2:] == ["-j", IPT_CHAIN]:
+            jumps += 1
+        elif parts[:2] == ["-A", IPT_CHAIN]:
+            dst, proto, port = _opt(parts, "-d"), _opt(parts, "-p"), _opt(parts, "--dport")
+            if not (dst and proto in PORT_PROTOCOLS and port and port.isdigit()
+                    and _opt(parts, "-j") == "REDIRECT"):
+                odd = True
+                continue
+            addr = str(ipaddress.ip_interface(dst).ip)
+            out.setdefault(addr, set()).add(f"{proto}/{port}")
+    if not declared and not jumps:
+        return None
+    model = {a: _sorted_ports(p) for a, p in sorted(out.items())}
+    if odd or not jumps or not model:
+        model["incomplete"] = True
+    return model
+
+
+def render_iptables_restore(model, version, jump_present):
+    """An ``iptables-restore --noflush`` script: declaring our chain flushes it, the whole nat
+    table is committed at once (legacy: one table replace; nft: one transaction)."""
+    full = 32 if version == 4 else 128
+    lines = ["*nat", f":{IPT_CHAIN} - [0:0]"]
+    if model is not None:
+        for addr, ports in model.items():
+            if addr == "incomplete":
+                continue
+            for item in ports:
+                proto, port = item.split("/")
+                lines.append(f"-A {IPT_CHAIN} -d {addr}/{full} -p {proto} -m {proto} "
+                             f"--dport {port} -j REDIRECT")
+        if not jump_present:
+            lines.append(f"-I PREROUTING 1 -j {IPT_CHAIN}")
+    else:
+        if jump_present:
+            lines.append(f"-D PREROUTING -j {IPT_CHAIN}")
+        lines.append(f"-X {IPT_CHAIN}")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def observe_iptables(base):
+    """Our nat chain in iptables and ip6tables (``<binary>-save -t nat``)."""
+    out = {"binary": base, "available": False}
+    for version, family in IPT_FAMILIES.items():
+        save = _which(f"{iptables_binary(base, version)}-save")
+        if save is None:
+            out[family] = None
+            continue
+        proc = subprocess.run([save, "-t", "nat"], capture_output=True, text=True, check=False)
+        if proc.returncode:
+            out[family] = None
+            out.setdefault("error", proc.stderr.strip())
+            continue
+        out["available"] = out["available"] or version == 4
+        out[family] = parse_iptables_nat(proc.stdout, version)
+        out.setdefault("jumps", {})[family] = f"-A PREROUTING -j {IPT_CHAIN}" in proc.stdout
+    return out
+
+
+def observe_rules(want_nft=True, want_arptables=False, arptables_bin="arptables",
+                  want_iptables=False, iptables_bin="iptables"):
     """Read our own netfilter tables (and chains): what the rule methods need to plan."""
     rules = {"nft": False}
+    if want_iptables:
+        rules["iptables"] = observe_iptables(iptables_bin)
     if want_nft:
         tables, error = _nft_json("list", "tables")
         rules["nft"] = tables is not None
@@ -705,6 +807,7 @@ def arptables_model(saved):
             odd = True
     for argv in saved["rules"].get(f"{ARPT_CHAINS['out']}{gen}", []):
         src, target, iface = _opt(argv, "-s"), _opt(argv, "-j"), _opt(argv, "-o")
+        iface = None if iface == "*" else iface
         src = src.split("/")[0] if src else None
         if target == "mangle" and iface and src:
             rewrite.setdefault(iface, set()).add((src, _opt(argv, "--mangle-ip-s")))
@@ -723,16 +826,32 @@ def arptables_model(saved):
     return model, gen, ours
 
 
+def arptables_listing(binary):
+    """``arptables -L -n`` in ``arptables-save`` form. Not ``arptables-save`` itself: Debian's
+    ``arptables-legacy-save`` is a script that lists with whatever ``/usr/sbin/arptables``
+    points to, which is arptables-nft once iptables is installed."""
+    proc = subprocess.run([binary, "-L", "-n"], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise CommandExecutionError(f"{binary} -L -n failed: {proc.stderr.strip()}")
+    out, chain = [], None
+    for line in proc.stdout.splitlines():
+        line = line.split("# Warning", 1)[0].strip()
+        header = re.match(r"^Chain (\S+) \((policy (\S+)|.*references?)\)", line)
+        if header:
+            chain = header.group(1)
+            out.append(f":{chain} {header.group(3) or '-'}")
+        elif line and chain:
+            out.append(f"-A {chain} {line}")
+    return "\n".join(out) + "\n"
+
+
 def observe_arptables(binary):
     flavour = arptables_flavour(binary)
     out = {"flavour": flavour, "binary": binary, "model": None, "generation": None, "chains": []}
     if flavour is None:
         return out
-    proc = subprocess.run([f"{binary}-save"], capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise CommandExecutionError(f"{binary}-save failed: {proc.stderr.strip()}")
     out["model"], out["generation"], out["chains"] = arptables_model(
-        parse_arptables_save(proc.stdout))
+        parse_arptables_save(arptables_listing(binary)))
     return out
 
 
@@ -995,8 +1114,8 @@ class Plan:
         for act in self.actions:
             if act.kind == "record":
                 continue
-            group = {"addr_add": "address", "addr_del": "address", "addr_set": "address"}.get(
-                act.kind, act.kind)
+            group = {"addr_add": "address", "addr_del": "address", "addr_set": "address",
+                     "link_del": "link"}.get(act.kind, act.kind)
             bucket = out.setdefault(group, {})
             if act.target in bucket:  # a file written twice: report first old, last new
                 bucket[act.target]["new"] = act.new
@@ -1076,6 +1195,12 @@ def _rule_action(step, old, new, arpt_state=None):
         binary = arpt_state["binary"]
         cmds = arptables_commands(binary, new, arpt_state)
         return Action("arptables", target, old, new, {"commands": cmds})
+    if kind == "iptables":
+        binary = target.split()[0]
+        script = render_iptables_restore(new, family, arpt_state.get("jump", False))
+        restore = _which(f"{binary}-restore") or f"{binary}-restore"
+        return Action("iptables", target, old, new,
+                      {"argv": [restore, "--noflush"], "stdin": script})
     body = None
     if new is not None:
         body = (render_arp_table(new) if family == "arp"
@@ -1083,7 +1208,7 @@ def _rule_action(step, old, new, arpt_state=None):
     return Action("nftables", target, old, new, {"script": nft_table_script(family, body)})
 
 
-def plan_changes(spec, observed, record, paths, exclusive=True):
+def plan_changes(spec, observed, record, paths, exclusive=True, created=()):
     """Decide, without touching anything, which actions converge the host to ``spec``.
 
     Order (the safety rule lives here, once):
@@ -1125,8 +1250,22 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
                     f" a real server must hold the VIP on {vip.device} only; remove it from "
                     f"{link.name} first (nothing was changed)"
                 )
-    if method in ("nftables", "redirect") and rules.get("nft") is False:
-        errors.append(f"arp_method: '{method}' needs nftables: {rules.get('nft_error')}")
+    ipt_state = rules.get("iptables") or {}
+    ipt_prev = rules.get("iptables_prev") or {}
+    backend = paths["redirect_backend"]
+    if backend == "auto":  # nftables wherever nft runs; iptables where that is all there is
+        backend = "iptables" if rules.get("nft") is False and ipt_state.get("available") else (
+            "nftables")
+    if (method == "nftables" or (method == "redirect" and backend == "nftables")) and rules.get(
+            "nft") is False:
+        hint = " (or install iptables: redirect then uses iptables nat)" if (
+            method == "redirect") else ""
+        errors.append(f"arp_method: '{method}' needs nftables: {rules.get('nft_error')}{hint}")
+    if method == "redirect" and backend == "iptables" and not ipt_state.get("available"):
+        errors.append(
+            f"arp_method: 'redirect' with redirect_backend iptables needs "
+            f"{paths['iptables_bin']}-save and -restore: {ipt_state.get('error') or 'not found'}"
+        )
     arpt_state = rules.get("arptables") or {}
     if method == "arptables" and "arptables" in rules and arpt_state.get("flavour") is None:
         errors.append(
@@ -1192,6 +1331,8 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
         if not link.flags & IFF_UP and vip.device not in brought_up:
             brought_up.add(vip.device)
             actions.append(Action("link", vip.device, "down", "up", {"index": link.index}))
+        if not _is_tunnel(link):
+            continue  # a dedicated dummy: packets for the VIP still arrive on the NIC
         name = sysctl_name(vip.device, "rp_filter")
         if vip.address.version == 4 and observed.effective(vip.device, "rp_filter") == 1:
             path = f"{PROC_CONF}/{vip.device}/rp_filter"
@@ -1219,8 +1360,14 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
     else:
         still_needed = {}
     tunnel_devices = {
-        v.device for v in keep_host.values() if v.device != "lo" and v.address.version == 4
+        v.device for v in keep_host.values()
+        if v.device != "lo" and v.address.version == 4
+        and (v.device not in observed.links or _is_tunnel(observed.links[v.device]))
     }
+    # dedicated dummies this module created: kept while a VIP uses them, deleted after
+    devices = {**record.get("devices", {}), **{d: DEDICATED_KIND for d in created}}
+    in_use = {v.device for v in keep_host.values()}
+    drop_devices = sorted(d for d in devices if d not in in_use and d in observed.links)
 
     def needed(path):
         conf, key = path.split("/")[-2:]
@@ -1253,24 +1400,44 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
         arpt_target = f"arptables ({arpt_state.get('flavour') or 'missing'})"
         rule_steps.append((("arptables", arpt_target, None), "arp", arpt_state.get("model"),
                            want_arp if method == "arptables" else None))
+    prev = rules.get("arptables_prev") or {}
+    if prev.get("model") is not None:  # rules left in another flavour's table: removed last
+        rule_steps.append((("arptables", f"arptables ({prev['flavour']}) {prev['binary']}",
+                            None), "arp", prev["model"], None))
     for version, family in REDIRECT_FAMILIES.items():
         final = redirect_model(keep.values(), version) if method == "redirect" else None
         rule_steps.append(((("nftables", f"table {family} {NFT_TABLE}", family)), "redirect",
-                           (rules.get("redirect") or {}).get(family), final))
+                           (rules.get("redirect") or {}).get(family),
+                           final if backend == "nftables" else None))
+        if "iptables" in rules:
+            binary = iptables_binary(ipt_state.get("binary") or paths["iptables_bin"], version)
+            rule_steps.append(((("iptables", f"{binary} nat {IPT_CHAIN}", version)), "redirect",
+                               ipt_state.get(family), final if backend == "iptables" else None))
+        ipt_prev = rules.get("iptables_prev") or {}
+        if ipt_prev.get(family) is not None:
+            binary = iptables_binary(ipt_prev["binary"], version)
+            rule_steps.append(((("iptables", f"{binary} nat {IPT_CHAIN}", version)), "redirect",
+                               ipt_prev[family], None))
     raise_rules, lower_rules, final_rules = [], [], {}
     arpt_after = dict(arpt_state)
     for step, kind, old, final in rule_steps:
         during = _merge_rule_models(kind, old, final)
         current = old
+        state = prev if step[1].endswith(f") {prev.get('binary')}") else arpt_state
+        if step[0] == "iptables":
+            source = ipt_prev if step[1].split()[0] == iptables_binary(
+                ipt_prev.get("binary") or "", step[2]) else ipt_state
+            state = {"jump": bool(source.get("jumps", {}).get(IPT_FAMILIES[step[2]]))}
         if during is not None and during != old:
-            raise_rules.append(_rule_action(step, old, during, arpt_state))
+            raise_rules.append(_rule_action(step, old, during, state))
             current = during
             if step[0] == "arptables":
                 gen = "B" if arpt_state.get("generation") == "A" else "A"
                 arpt_after = {**arpt_state, "generation": gen,
                               "chains": [f"{ARPT_CHAINS[k]}{gen}" for k in ("in", "out")]}
+            state = arpt_after if step[0] == "arptables" else {"jump": True}
         if final != current:
-            lower_rules.append(_rule_action(step, current, final, arpt_after))
+            lower_rules.append(_rule_action(step, current, final, state))
         final_rules[step[1]] = (step, final, during)
     actions.extend(raise_rules)
 
@@ -1292,6 +1459,13 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
                 return render_arptables_script(arpt_state.get("binary") or "arptables", model)
         return None
 
+    def ipt_text(version, which):
+        for step, final, during in final_rules.values():
+            model = final if which == "final" else during
+            if step[0] == "iptables" and step[2] == version and model is not None:
+                return HEADER + render_iptables_restore(model, version, jump_present=False)
+        return None
+
     files = {}
     if spec.persist:
         files["raise"] = render_sysctl_file({**_persisted_sysctls(paths), **persist_values})
@@ -1305,6 +1479,8 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
     intent = empty_record()
     intent["vips"] = {**managed, **record_after["vips"]}
     intent["sysctl"] = rec_sysctl
+    if devices:
+        intent["devices"] = dict(devices)
     old_method = (record.get("options") or {}).get("arp_method", "sysctl")
     intent["options"] = {**(record.get("options") or {}),
                          "arp_methods_in_flight": sorted({old_method, method})}
@@ -1313,6 +1489,8 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
         _file_action(actions, paths["sysctl_file"], files["raise"])
         _file_action(actions, paths["nft_file"], nft_text("during"))
         _file_action(actions, paths["arptables_file"], arpt_text("during"))
+        _file_action(actions, paths["iptables_file"], ipt_text(4, "during"))
+        _file_action(actions, paths["ip6tables_file"], ipt_text(6, "during"))
     actions.append(Action("record", paths["state_file"], new=intent))
 
     # 3. add VIPs
@@ -1408,27 +1586,45 @@ def plan_changes(spec, observed, record, paths, exclusive=True):
             if needed(_sysctl_path(name))
         }
         final_sysctl = render_sysctl_file(final_persist) if final_persist else None
-        vip_text = render_vip_file(keep_host.values()) if keep_host else None
+        vip_text = render_vip_file(keep_host.values(), kept_devices_for_boot(devices, in_use)) \
+            if keep_host else None
         final_nft = nft_text("final")
         final_arpt = arpt_text("final")
         _file_action(actions, paths["vip_file"], vip_text)
-        steps = unit_steps(paths, final_sysctl, final_nft, final_arpt, vip_text)
+        final_ipt = {v: ipt_text(v, "final") for v in IPT_FAMILIES}
+        steps = unit_steps(paths, final_sysctl, final_nft, final_arpt, vip_text, final_ipt)
         _file_action(actions, paths["unit_file"], render_unit(paths, steps) if steps else None)
         _wants_action(actions, paths["unit_file"], bool(steps))
     actions.extend(relax)
     actions.extend(lower_rules)
+    for dev in drop_devices:
+        actions.append(Action("link_del", dev, devices[dev], None,
+                              {"index": observed.links[dev].index}))
     if spec.persist:
         _file_action(actions, paths["sysctl_file"], final_sysctl)
         _file_action(actions, paths["nft_file"], final_nft)
         _file_action(actions, paths["arptables_file"], final_arpt)
+        _file_action(actions, paths["iptables_file"], final_ipt[4])
+        _file_action(actions, paths["ip6tables_file"], final_ipt[6])
     else:
-        for key in ("vip_file", "unit_file", "sysctl_file", "nft_file", "arptables_file"):
+        for key in ("vip_file", "unit_file", "sysctl_file", "nft_file", "arptables_file",
+                    "iptables_file", "ip6tables_file"):
             _file_action(actions, paths[key], None)
         _wants_action(actions, paths["unit_file"], False)
 
     record_after["sysctl"] = rec_sysctl
+    kept_devices = {d: k for d, k in devices.items() if d in in_use}
+    if kept_devices:
+        record_after["devices"] = kept_devices
     record_after["options"] = {"scope": spec.scope, "interfaces": list(spec.interfaces or []),
                                "arp_method": method}
+    # the binaries whose kernel tables hold our rules, so a later change of binary (legacy to
+    # nft-backed) still finds and removes them
+    if method == "arptables":
+        record_after["options"]["arptables_bin"] = arpt_state.get("binary") or paths[
+            "arptables_bin"]
+    if method == "redirect" and backend == "iptables":
+        record_after["options"]["iptables_bin"] = ipt_state.get("binary") or paths["iptables_bin"]
     actions.append(Action("record", paths["state_file"], new=record_after))
     return Plan(actions=_drop_noop_files(actions), warnings=warnings, record=record_after)
 
@@ -1522,8 +1718,15 @@ def render_sysctl_file(values):
     return "".join(lines)
 
 
-def render_vip_file(vips):
+def kept_devices_for_boot(devices, in_use):
+    return sorted(d for d in devices if d in in_use)
+
+
+def render_vip_file(vips, dummies=()):
     lines = [HEADER, "# VIPs restored at boot by lvs-realserver.service, after the ARP sysctls.\n"]
+    for dev in dummies:  # dedicated interfaces first (a dummy is NOARP by itself)
+        lines.append(f"link add name {dev} type {DEDICATED_KIND}\n")
+        lines.append(f"link set dev {dev} up\n")
     for vip in sorted(vips, key=lambda v: (v.address.version, v.address)):
         line = f"address replace {vip.address}/{vip.prefixlen} dev {vip.device}"
         if vip.address.version == 4 and vip.label:
@@ -1535,7 +1738,7 @@ def render_vip_file(vips):
     return "".join(lines)
 
 
-def unit_steps(paths, sysctl_text, nft_text, arptables_text, vip_text):
+def unit_steps(paths, sysctl_text, nft_text, arptables_text, vip_text, ipt_texts=None):
     """The unit's ExecStart commands, in the safety order: everything that keeps the host quiet
     about a VIP (sysctls, nft tables, arptables chains) before the VIPs."""
     steps = []
@@ -1545,6 +1748,12 @@ def unit_steps(paths, sysctl_text, nft_text, arptables_text, vip_text):
         steps.append(f"{NFT_BIN} -f {paths['nft_file']}")
     if arptables_text:
         steps.append(f"{SH_BIN} {paths['arptables_file']}")
+    for version, text in (ipt_texts or {}).items():
+        if text:
+            binary = iptables_binary(paths["iptables_bin"], version)
+            restore = _which(f"{binary}-restore") or f"/usr/sbin/{binary}-restore"
+            key = "iptables_file" if version == 4 else "ip6tables_file"
+            steps.append(f"{restore} --noflush {paths[key]}")
     if vip_text:
         steps.append(f"{IP_BIN} -force -batch {paths['vip_file']}")
     return steps
@@ -1671,12 +1880,20 @@ def execute(plan, observed):
                         if code:
                             raise OSError(code, os.strerror(code))
                         journal.append(f"link {act.target} up")
+                    elif act.kind == "link_del":
+                        (code,) = nl.batch([link_delete_request(act.data["index"])])
+                        if code and code != errno.ENODEV:
+                            raise OSError(code, os.strerror(code))
+                        journal.append(f"link {act.target} deleted")
                     elif act.kind == "file":
                         _apply_file(act)
                         journal.append(f"file {act.target}")
                     elif act.kind == "nftables":
                         _run_checked([_nft_bin() or NFT_BIN, "-f", "-"], act.data["script"])
                         journal.append(f"nftables {act.target}")
+                    elif act.kind == "iptables":
+                        _run_checked(act.data["argv"], act.data["stdin"])
+                        journal.append(f"iptables {act.target}")
                     elif act.kind == "arptables":
                         for argv in act.data["commands"]:
                             _run_checked(argv)
@@ -1762,8 +1979,13 @@ def complete_paths(paths):
     for key, name in DERIVED_FILES.items():
         if not out.get(key):
             out[key] = os.path.join(folder, name)
-    out.setdefault("arptables_bin", DEFAULT_PATHS["arptables_bin"])
-    out["arptables_bin"] = out["arptables_bin"] or DEFAULT_PATHS["arptables_bin"]
+    for key in ("arptables_bin", "iptables_bin", "redirect_backend"):
+        out[key] = out.get(key) or DEFAULT_PATHS[key]
+    if out["redirect_backend"] not in REDIRECT_BACKENDS:
+        raise SaltInvocationError(
+            f"lvs_realserver:redirect_backend: '{out['redirect_backend']}' is not one of "
+            f"{', '.join(REDIRECT_BACKENDS)}"
+        )
     return out
 
 
@@ -1801,31 +2023,79 @@ def _resolve(vips, scope, interfaces, persist, device, label, arp_method=None):
 
 TUNNEL_MODULES = {"tunl0": "ipip"}
 ARPHRD_TUNNEL = 768
+# ARPHRD_TUNNEL, TUNNEL6, IPGRE, SIT, IP6GRE: decapsulated packets arrive on these
+TUNNEL_TYPES = (768, 769, 776, 778, 823)
+
+
+def _is_tunnel(link):
+    return link.type in TUNNEL_TYPES or link.name in TUNNEL_MODULES
+
+
+IFLA_LINKINFO = 18
+IFLA_INFO_KIND = 1
+NLA_F_NESTED = 0x8000
+RTM_DELLINK = 17
+DEDICATED_KIND = "dummy"
+
+
+def link_create_request(name, kind=DEDICATED_KIND):
+    """RTM_NEWLINK that creates ``name`` of ``kind``, up (a dummy is NOARP by itself)."""
+    info = _rta(IFLA_INFO_KIND, kind.encode() + b"\0")
+    payload = _IFINFOMSG.pack(0, 0, 0, IFF_UP, IFF_UP)
+    payload += _rta(IFLA_IFNAME, name.encode() + b"\0")
+    payload += _rta(IFLA_LINKINFO | NLA_F_NESTED, info)
+    return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, payload
+
+
+def link_delete_request(index):
+    return RTM_DELLINK, 0, _IFINFOMSG.pack(0, 0, index, 0, 0)
+
+
+def _ifname_ok(name):
+    return 0 < len(name) <= 15 and not any(c in name for c in "/: \t\n") and name not in (
+        ".", "..")
 
 
 def ensure_tunnel_devices(spec, observed, test):
-    """Load the module that creates a missing tunnel device (tunl0: ipip).
+    """Create the devices the VIPs need and that are missing: ``tunl0`` by loading ``ipip``;
+    any other name as a dedicated dummy interface (NOARP, up), the placement kube-ipvs0 and
+    Comcast Ravel use instead of ``lo``.
 
-    In test mode nothing is loaded: the plan is made against the device the module would
-    create (down, NOARP, sysctls from conf/default), so the prediction stays exact.
+    In test mode nothing is created: the plan is made against the device that would be
+    (tunl0: down, NOARP; a dummy: NOARP, up; sysctls from conf/default), so the prediction stays
+    exact. Returns (observed, changes); ``changes["link"]`` names the dummies created.
     """
-    missing = sorted(
-        {v.device for v in spec.vips if v.device in TUNNEL_MODULES} - set(observed.links)
-    )
+    host_vips = () if spec.arp_method == "redirect" else spec.vips
+    wanted = {v.device for v in host_vips}
+    missing = sorted(wanted - set(observed.links))
     if not missing:
         return observed, {}
-    changes = {
-        "kmod": {TUNNEL_MODULES[d]: {"old": "not loaded", "new": f"loaded ({d})"} for d in missing}
-    }
+    tunnels = [d for d in missing if d in TUNNEL_MODULES]
+    dummies = [d for d in missing if d not in TUNNEL_MODULES]
+    bad = [d for d in dummies if not _ifname_ok(d)]
+    if bad:
+        raise SaltInvocationError(
+            f"vips: device '{bad[0]}' does not exist and is not a valid interface name to create"
+        )
+    changes = {}
+    if tunnels:
+        changes["kmod"] = {TUNNEL_MODULES[d]: {"old": "not loaded", "new": f"loaded ({d})"}
+                           for d in tunnels}
+    if dummies:
+        changes["link"] = {d: {"old": None, "new": f"{DEDICATED_KIND}, NOARP, up"}
+                           for d in dummies}
     if test:
         links = dict(observed.links)
         conf = dict(observed.conf)
-        for dev in missing:
+        for dev in tunnels:
             links[dev] = Link(-1, dev, IFF_NOARP, ARPHRD_TUNNEL)
+            conf[dev] = dict(observed.conf["default"])
+        for dev in dummies:
+            links[dev] = Link(-1, dev, IFF_NOARP | IFF_UP, ARPHRD_ETHER)
             conf[dev] = dict(observed.conf["default"])
         return Observed(links=links, addrs=observed.addrs, conf=conf, rules=observed.rules,
                         legacy=observed.legacy), changes
-    for dev in missing:
+    for dev in tunnels:
         proc = subprocess.run(["modprobe", TUNNEL_MODULES[dev]], capture_output=True, text=True,
                               check=False)
         observed = observe()
@@ -1834,7 +2104,59 @@ def ensure_tunnel_devices(spec, observed, test):
                 f"{dev} does not exist and 'modprobe {TUNNEL_MODULES[dev]}' did not create it "
                 f"({proc.stderr.strip() or 'exit ' + str(proc.returncode)}); nothing was changed"
             )
+    if dummies:
+        with Netlink() as nl:
+            codes = nl.batch([link_create_request(d) for d in dummies])
+        for dev, code in zip(dummies, codes):
+            if code and code != errno.EEXIST:
+                raise CommandExecutionError(
+                    f"{dev} does not exist and could not be created as a {DEDICATED_KIND} "
+                    f"interface ({os.strerror(code)}; the kernel needs the dummy module); "
+                    "nothing else was changed"
+                )
+        rules, legacy = observed.rules, observed.legacy
+        observed = observe()
+        observed.rules, observed.legacy = rules, legacy
     return observed, changes
+
+
+def iptables_flavour(binary):
+    try:
+        proc = subprocess.run([binary, "-V"], capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    return "nft" if "nf_tables" in proc.stdout + proc.stderr else "legacy"
+
+
+def observe_previous_binaries(rules, record, paths, methods):
+    """When the last run used another arptables/iptables binary whose rules live in another
+    kernel table (legacy vs nft-backed), read that one too, so its rules are removed (after
+    the new ones are in force) instead of being left behind."""
+    options = record.get("options") or {}
+    old = options.get("arptables_bin")
+    if "arptables" in methods and old and old != paths["arptables_bin"]:
+        current = (rules.get("arptables") or {}).get("flavour") or arptables_flavour(
+            paths["arptables_bin"])
+        if arptables_flavour(old) not in (None, current):
+            rules["arptables_prev"] = observe_arptables(old)
+    old = options.get("iptables_bin")
+    if "redirect" in methods and old and old != paths["iptables_bin"]:
+        if _which(old) and iptables_flavour(old) != iptables_flavour(paths["iptables_bin"]):
+            rules["iptables_prev"] = observe_iptables(old)
+            rules.setdefault("iptables", observe_iptables(paths["iptables_bin"]))
+
+
+def _check_devices_early(spec, observed):
+    """A VIP on an ARP-facing NIC is refused before any device is created for the others."""
+    for vip in spec.vips:
+        for held in observed.addrs_of(vip.address):
+            link = observed.link_by_index(held.index)
+            if link is not None and link.name != vip.device and link.arp_capable:
+                raise SaltInvocationError(
+                    f"vips: {vip.address} is configured on {link.name}, an ARP-facing "
+                    f"interface: a real server must hold the VIP on {vip.device} only; remove "
+                    f"it from {link.name} first (nothing was changed)"
+                )
 
 
 def _methods_in_play(spec, record):
@@ -1845,17 +2167,26 @@ def _methods_in_play(spec, record):
 
 def _run(spec, paths, exclusive, test):
     observed = observe()
-    observed, loaded = ensure_tunnel_devices(spec, observed, test)
     record = read_record(paths["state_file"])
+    _check_devices_early(spec, observed)
+    observed, loaded = ensure_tunnel_devices(spec, observed, test)
+    created = sorted(loaded.get("link", {}))
     methods = _methods_in_play(spec, record)
     if methods != {"sysctl"}:  # the sysctl method alone runs no subprocess at all
         observed.rules = observe_rules(
             want_nft=bool(methods & {"nftables", "redirect"}) or _nft_bin() is not None,
             want_arptables="arptables" in methods,
             arptables_bin=paths["arptables_bin"],
+            want_iptables="redirect" in methods and (
+                paths["redirect_backend"] == "iptables" or _nft_bin() is None
+                or _which(f"{paths['iptables_bin']}-save") is not None),
+            iptables_bin=paths["iptables_bin"],
         )
-    plan = plan_changes(spec, observed, record, paths, exclusive=exclusive)
-    changes = {**loaded, **plan.changes()}
+        observe_previous_binaries(observed.rules, record, paths, methods)
+    plan = plan_changes(spec, observed, record, paths, exclusive=exclusive, created=created)
+    changes = {k: dict(v) for k, v in loaded.items()}
+    for group, items in plan.changes().items():
+        changes.setdefault(group, {}).update(items)
     ret = {"changes": changes, "warnings": plan.warnings, "test": bool(test)}
     if test:
         ret["journal"] = []
@@ -1939,7 +2270,8 @@ def remove(vips=None, persist=None, test=False, **paths):
     ]
     if persist is None:
         persist = any(os.path.exists(paths[k]) for k in
-                      ("unit_file", "sysctl_file", "nft_file", "arptables_file"))
+                      ("unit_file", "sysctl_file", "nft_file", "arptables_file", "iptables_file",
+                       "ip6tables_file"))
     options = record.get("options") or {}
     spec = make_spec(
         keep,
@@ -1969,6 +2301,149 @@ def managed(**paths):
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# What the kernel will do about ARP for a VIP because of rules (audit)
+# --------------------------------------------------------------------------------------------
+
+
+def observe_legacy():
+    """Read-only: the ``hidden`` sysctl of patched old kernels and the ``noarp`` module."""
+    hidden = {}
+    try:
+        names = sorted(os.listdir(PROC_CONF))
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            hidden[name] = _read_int(f"{PROC_CONF}/{name}/hidden")
+        except (OSError, ValueError):
+            continue
+    noarp = os.path.exists("/sys/module/noarp")
+    if not noarp:
+        try:
+            with open("/proc/modules", encoding="ascii", errors="replace") as fh:
+                noarp = any(line.split(" ", 1)[0] == "noarp" for line in fh)
+        except OSError:
+            pass
+    return {"hidden": hidden, "noarp": noarp}
+
+
+def _empty_effect():
+    return {"drop": {}, "rewrite": {}, "sender_drop": {}}
+
+
+def _note(effect, kind, vip, iface, source):
+    effect[kind].setdefault(iface or "*", {}).setdefault(vip, source)
+
+
+def arp_effect_from_nft(objects):
+    """Every arp-family table (ours, arptables-nft's ``filter``, the operator's): which VIPs a
+    rule drops on input, rewrites or drops as sender on output, per interface ("*": all).
+    Recognises the plain forms (``arp daddr ip <addr | @set> drop``, ``arp saddr ip ... arp
+    saddr ip set X``, arptables-nft's ``xt target mangle``), in base chains and in chains they
+    jump to."""
+    effect = _empty_effect()
+    sets, hooks, jumps, rules = {}, {}, {}, []
+    for obj in objects or []:
+        if "set" in obj:
+            s = obj["set"]
+            sets[(s.get("table"), s.get("name"))] = _elements(s.get("elem"))
+        elif "chain" in obj:
+            c = obj["chain"]
+            if c.get("hook") in ("input", "output"):
+                hooks[(c.get("table"), c.get("name"))] = c["hook"]
+        elif "rule" in obj:
+            rules.append(obj["rule"])
+    for rule in rules:
+        for e in rule.get("expr", []):
+            target = (e.get("jump") or e.get("goto") or {}).get("target")
+            if target:
+                jumps.setdefault((rule.get("table"), target), []).append(
+                    (rule.get("table"), rule.get("chain")))
+    for rule in rules:
+        key = (rule.get("table"), rule.get("chain"))
+        hook = hooks.get(key) or next((hooks.get(src) for src in jumps.get(key, [])
+                                       if hooks.get(src)), None)
+        if hook is None:
+            continue
+        exprs = rule.get("expr", [])
+        source = f"nft table arp {rule.get('table')} chain {rule.get('chain')}"
+
+        def addrs(field_name):
+            for e in exprs:
+                right = _match(e, "arp", field_name)
+                if right is None:
+                    continue
+                if isinstance(right, str) and right.startswith("@"):
+                    return sets.get((rule.get("table"), right[1:]), [])
+                if isinstance(right, str):
+                    return [right]
+                if isinstance(right, dict) and "set" in right:
+                    return [v for v in right["set"] if isinstance(v, str)]
+            return []
+
+        drop = any("drop" in e for e in exprs)
+        mangle = any("mangle" in e or (e.get("xt", {}).get("name") == "mangle") for e in exprs)
+        if hook == "input" and drop:
+            iface = next((_match(e, meta="iifname") for e in exprs if _match(e, meta="iifname")),
+                         None)
+            for vip in addrs("daddr ip"):
+                _note(effect, "drop", vip, iface, source)
+        elif hook == "output" and (drop or mangle):
+            iface = next((_match(e, meta="oifname") for e in exprs if _match(e, meta="oifname")),
+                         None)
+            for vip in addrs("saddr ip"):
+                _note(effect, "rewrite" if mangle else "sender_drop", vip, iface, source)
+    return effect
+
+
+def arp_effect_from_arptables_save(text, effect=None, label="arptables"):
+    """The same for legacy arptables (``arptables-save``): INPUT/OUTPUT and chains they jump to."""
+    effect = effect or _empty_effect()
+    saved = parse_arptables_save(text)
+    direction = {"INPUT": "input", "OUTPUT": "output"}
+    for hook in ("INPUT", "OUTPUT"):
+        for argv in saved["rules"].get(hook, []):
+            target = _opt(argv, "-j")
+            if target and target not in ("DROP", "ACCEPT", "mangle", "RETURN", "CLASSIFY"):
+                direction.setdefault(target, direction[hook])
+    for chain, hook in direction.items():
+        for argv in saved["rules"].get(chain, []):
+            target = _opt(argv, "-j")
+            source = f"{label} chain {chain}"
+            if hook == "input" and target == "DROP" and _opt(argv, "-d"):
+                _note(effect, "drop", _opt(argv, "-d").split("/")[0], _opt(argv, "-i"), source)
+            elif hook == "output" and target in ("DROP", "mangle") and _opt(argv, "-s"):
+                kind = "rewrite" if target == "mangle" else "sender_drop"
+                _note(effect, kind, _opt(argv, "-s").split("/")[0], _opt(argv, "-o"), source)
+    return effect
+
+
+def observe_arp_effect(arptables_bin="arptables"):
+    """Read-only, for audit: the ARP rules in force, from nft and from legacy arptables."""
+    objects, _error = _nft_json("list", "ruleset", "arp") if _nft_bin() else (None, None)
+    effect = arp_effect_from_nft(objects)
+    for binary in dict.fromkeys((arptables_bin, "arptables-legacy")):
+        if _which(binary) is None or arptables_flavour(binary) != "legacy":
+            continue
+        try:
+            arp_effect_from_arptables_save(arptables_listing(binary), effect, label=binary)
+        except CommandExecutionError:
+            pass
+        break
+    return effect
+
+
+def rule_covers(effect, kind, vip, iface):
+    """The rule source that covers ``vip`` on ``iface`` for ``kind``, else None."""
+    for key in (iface, "*"):
+        source = effect.get(kind, {}).get(key, {}).get(str(vip))
+        if source:
+            return source
+    return None
+
+
+
 def would_answer(vip, iface, observed, scope_host=False):
     """Would ``iface`` answer an ARP request for ``vip`` (held elsewhere on this host)?"""
     link = observed.links[iface]
@@ -1976,6 +2451,20 @@ def would_answer(vip, iface, observed, scope_host=False):
         return False
     if not observed.addrs_of(vip):
         return False
+    effect = observed.rules.get("arp_effect", {})
+    if rule_covers(effect, "drop", vip, iface):
+        return False  # an ARP input rule drops requests for it before the kernel answers
+    if rule_covers(effect, "rewrite", vip, iface) or rule_covers(effect, "sender_drop", vip,
+                                                                   iface):
+        # the reply leaves with the VIP as sender address: the output rule rewrites (or drops)
+        # it, so no neighbour learns the VIP from it (see kernel_would_reply for the rest)
+        return False
+    return kernel_would_reply(vip, iface, observed, scope_host)
+
+
+def kernel_would_reply(vip, iface, observed, scope_host=False):
+    """Would the kernel itself reply to a request for ``vip`` arriving on ``iface``?"""
+    link = observed.links[iface]
     on_iface = any(a.index == link.index for a in observed.addrs_of(vip))
     value = observed.effective(iface, "arp_ignore")
     if value == 0 or 4 <= value <= 7:
@@ -1992,6 +2481,10 @@ def would_leak(vip, iface, observed):
     link = observed.links[iface]
     if not link.arp_capable or not observed.addrs_of(vip):
         return False
+    effect = observed.rules.get("arp_effect", {})
+    if rule_covers(effect, "rewrite", vip, iface) or rule_covers(effect, "sender_drop", vip,
+                                                                   iface):
+        return False  # an ARP output rule rewrites (or drops) a VIP sender on this interface
     value = observed.effective(iface, "arp_announce")
     if value == 0:
         return True
@@ -2036,7 +2529,24 @@ def audit_observed(vip_addrs, observed, interfaces=None):
             held.append({"interface": name, "prefixlen": a.prefixlen,
                          "label": a.label if a.label != name else None})
         report_vips[str(vip)] = {"held_on": held}
-        if not held:
+        effect = observed.rules.get("arp_effect", {})
+        covering = sorted({src for kind in ("drop", "rewrite", "sender_drop")
+                           for per_if in effect.get(kind, {}).values()
+                           for v, src in per_if.items() if v == str(vip)})
+        if covering:
+            report_vips[str(vip)]["arp_rules"] = covering
+        redirected = observed.rules.get("redirected", {}).get(str(vip))
+        if redirected:
+            report_vips[str(vip)]["redirected_by"] = redirected
+        if not held and redirected:
+            findings.append(_finding(
+                "info", vip, None,
+                f"{vip} is not held on this host: traffic to it is redirected by {redirected} "
+                "(arp_method redirect), so nothing here can answer ARP for it; the service must "
+                "listen on the real address or on any address",
+                "nothing to do (switch arp_method to hold the VIP instead)",
+            ))
+        elif not held:
             findings.append(_finding(
                 "warning", vip, None,
                 f"{vip} is not configured on this host: a DR/TUN real server drops traffic for it",
@@ -2060,6 +2570,21 @@ def audit_observed(vip_addrs, observed, interfaces=None):
                     f"move it to lo as /{full}: ip addr del {vip}/{h['prefixlen']} dev "
                     f"{h['interface']}; ip addr add {vip}/{full} dev lo",
                 ))
+        if vip.version == 6:
+            for a in observed.addrs_of(vip):
+                link = observed.link_by_index(a.index)
+                if link is not None and not link.arp_capable and not a.deprecated:
+                    findings.append(_finding(
+                        "warning", vip, link.name,
+                        f"{vip} on {link.name} is a preferred address: IPv6 source selection may "
+                        "pick it for this host's own connections (replies from the VIP reach "
+                        "the director's clients, not the director)",
+                        f"ip -6 addr change {vip}/128 dev {link.name} preferred_lft 0 "
+                        "(deprecated: still accepted, never chosen as a source)",
+                    ))
+        for h in held:
+            if vip.version == 4 and h["interface"] == "tunl0":
+                findings.append(_tun_mtu_finding(vip, observed, interfaces))
         if vip.version != 4:
             continue
         facing = interfaces or arp_facing_interfaces(Vip(vip), observed)
@@ -2077,14 +2602,33 @@ def audit_observed(vip_addrs, observed, interfaces=None):
                     f"{observed.conf.get(name, {}).get('arp_ignore', 0)})): it races the director",
                     f"sysctl -w {sysctl_name(name, 'arp_ignore')}=1",
                 ))
+            effect = observed.rules.get("arp_effect", {})
+            if (not would_answer(vip, name, observed)
+                    and not rule_covers(effect, "drop", vip, name)
+                    and kernel_would_reply(vip, name, observed)
+                    and (rule_covers(effect, "rewrite", vip, name)
+                         or rule_covers(effect, "sender_drop", vip, name))):
+                findings.append(_finding(
+                    "warning", vip, name,
+                    f"{name} still replies to ARP requests for {vip} (no input drop rule, "
+                    f"effective arp_ignore {observed.effective(name, 'arp_ignore')}); only the "
+                    "output rule keeps the VIP out of the reply, rewriting its sender address: "
+                    "no neighbour learns the VIP, but the requester gets a reply it did not ask "
+                    "for",
+                    "re-apply the state to restore the input drop (or set arp_ignore=1)",
+                ))
             if would_leak(vip, name, observed):
                 report_ifaces[name]["leaks_as_sender"].append(str(vip))
+                dropped = rule_covers(observed.rules.get("arp_effect", {}), "drop", vip, name)
+                note = (f" ({dropped} drops requests for it, but no output rule rewrites it as "
+                        f"sender on {name}: a rule method needs both)" if dropped else "")
                 findings.append(_finding(
                     severity, vip, name,
                     f"{name} may send ARP requests with {vip} as sender (effective arp_announce "
                     f"{observed.effective(name, 'arp_announce')}): neighbours then map the VIP "
-                    "to this host",
-                    f"sysctl -w {sysctl_name(name, 'arp_announce')}=2",
+                    f"to this host{note}",
+                    f"sysctl -w {sysctl_name(name, 'arp_announce')}=2"
+                    + (" or re-apply the state to restore the output rule" if dropped else ""),
                 ))
     for name in capable:
         if observed.effective(name, "arp_ignore") == 8:
@@ -2114,8 +2658,59 @@ def audit_observed(vip_addrs, observed, interfaces=None):
                 f"set it on the ARP-facing NIC instead: sysctl -w "
                 f"{sysctl_name('<nic>', key)}={value}",
             ))
+    findings.extend(legacy_findings(observed.legacy))
     ok = not any(f["severity"] == "error" for f in findings)
     return {"ok": ok, "findings": findings, "vips": report_vips, "interfaces": report_ifaces}
+
+
+IPIP_OVERHEAD = 20
+
+
+def _tun_mtu_finding(vip, observed, interfaces=None):
+    """IPIP adds 20 bytes between director and real server: advice with this host's numbers."""
+    tunl = observed.links.get("tunl0")
+    nics = [observed.links[n] for n in (interfaces or arp_facing_interfaces(Vip(vip), observed))
+            if n in observed.links]
+    nic = nics[0] if nics else None
+    nic_mtu = nic.mtu if nic and nic.mtu else 1500
+    mss = nic_mtu - IPIP_OVERHEAD - 40
+    return _finding(
+        "info", vip, "tunl0",
+        f"TUN: IPIP adds {IPIP_OVERHEAD} bytes. A full-size {nic_mtu}-byte packet from a client "
+        f"becomes {nic_mtu + IPIP_OVERHEAD} bytes between the director and this host "
+        f"({nic.name if nic else 'the NIC'} MTU {nic_mtu}, tunl0 MTU "
+        f"{tunl.mtu if tunl and tunl.mtu else 'unknown'}); with DF set the director answers "
+        "ICMP 'fragmentation needed' (IPVS pmtu_disc), which many networks drop: large "
+        "transfers then hang",
+        f"clamp the TCP MSS to {mss} on the director side (iptables -t mangle -A FORWARD -p tcp "
+        f"--tcp-flags SYN,RST SYN -j TCPMSS --set-mss {mss}, or at the edge), or give the "
+        f"director-to-real-server path an MTU of at least {nic_mtu + IPIP_OVERHEAD}, or let "
+        "IPVS fragment (net.ipv4.vs.pmtu_disc=0 on the director)",
+    )
+
+
+def legacy_findings(legacy):
+    """Read-only report of the pre-2.6.4 mechanisms: the hidden patch and the noarp module."""
+    out = []
+    hidden = (legacy or {}).get("hidden") or {}
+    if hidden:
+        on = sorted(name for name, value in hidden.items() if value)
+        out.append(_finding(
+            "info", None, ",".join(on) or "all",
+            "this kernel has the old 'hidden' patch (/proc/sys/net/ipv4/conf/*/hidden); "
+            + (f"hidden=1 on {', '.join(on)}" if on else "hidden is 0 everywhere")
+            + ". It is reported, never written: arp_ignore/arp_announce (the sysctl method) "
+            "supersede it, and hidden only covers broadcast requests arriving on another device",
+            "nothing required; to rely on the sysctl method alone set hidden back to 0",
+        ))
+    if (legacy or {}).get("noarp"):
+        out.append(_finding(
+            "info", None, None,
+            "the noarp kernel module (MasarLabs NoArp) is loaded: it filters ARP for VIPs "
+            "with rules of its own, which this audit cannot read; the findings above ignore it",
+            "nothing required; remove it (rmmod noarp) once another method is in force",
+        ))
+    return out
 
 
 def _local_vips(observed):
@@ -2131,7 +2726,7 @@ def _local_vips(observed):
     return out
 
 
-def audit(vips=None, interfaces=None):
+def audit(vips=None, interfaces=None, **paths):
     """
     Read-only check of the ARP behaviour of this host for its VIPs. Safe on any host.
 
@@ -2149,7 +2744,22 @@ def audit(vips=None, interfaces=None):
         salt-call --local lvs_realserver.audit
         salt 'rs*' lvs_realserver.audit vips='[198.51.100.100]'
     """
+    paths = _paths(paths)
     observed = observe()
+    observed.legacy = observe_legacy()
+    rules = observe_rules(want_nft=_nft_bin() is not None, want_iptables=True,
+                          iptables_bin=paths["iptables_bin"])
+    redirected = {}
+    for family in ("ip", "ip6"):
+        for addr in (rules.get("redirect") or {}).get(family) or {}:
+            redirected.setdefault(addr, f"table {family} {NFT_TABLE}")
+        model = (rules.get("iptables") or {}).get(family) or {}
+        for addr in model:
+            binary = iptables_binary(paths["iptables_bin"], 4 if family == "ip" else 6)
+            redirected.setdefault(addr, f"{binary} nat chain {IPT_CHAIN}")
+    redirected.pop("incomplete", None)
+    observed.rules = {"arp_effect": observe_arp_effect(paths["arptables_bin"]),
+                      "redirected": redirected}
     if vips is not None:
         addrs = [v.address for v in parse_vips(vips)]
         source = "arguments"
@@ -2165,6 +2775,8 @@ def audit(vips=None, interfaces=None):
             source = "pillar"
         else:
             addrs = _local_vips(observed)
+            addrs += [ipaddress.ip_address(a) for a in redirected
+                      if ipaddress.ip_address(a) not in addrs]
     if isinstance(interfaces, str):
         interfaces = [i.strip() for i in interfaces.split(",") if i.strip()]
     result = audit_observed(addrs, observed, interfaces)

@@ -189,3 +189,185 @@ def test_redirect_without_ports_is_refused_naming_the_key(realserver):
     res = rs.present(vips=[VIP], arp_method="redirect", persist=True)
     assert res["result"] is False and "vips:0:ports" in res["comment"], res["comment"]
     assert "Nothing was changed" in res["comment"] and rs.snapshot() == before
+
+
+@pytest.mark.parametrize("binary", ["iptables-legacy", "iptables-nft"])
+def test_redirect_with_iptables_where_that_is_what_the_host_has(realserver, binary):
+    rs = realserver()
+    opts = {"redirect_backend": "iptables", "iptables_bin": binary}
+    save = [f"{binary}-save", "-t", "nat"]
+    predicted = rs.present(vips=[WEB, WEB6], arp_method="redirect", persist=True, test=True,
+                           **opts)
+    done = rs.present(vips=[WEB, WEB6], arp_method="redirect", persist=True, **opts)
+    assert done["result"] is True, done["comment"]
+    assert done["changes"] == predicted["changes"]
+    v6 = binary.replace("iptables", "ip6tables")
+    assert done["changes"]["iptables"] == {
+        f"{binary} nat SALTEXT_LVS": {"old": None, "new": {VIP: ["tcp/80", "udp/53"]}},
+        f"{v6} nat SALTEXT_LVS": {"old": None, "new": {VIP6: ["tcp/80"]}},
+    }
+    assert "nftables" not in done["changes"] or binary == "iptables-nft"
+    text = rs.ns.run(*save).stdout
+    assert "-A PREROUTING -j SALTEXT_LVS" in text
+    assert f"-A SALTEXT_LVS -d {VIP}/32 -p udp -m udp --dport 53 -j REDIRECT" in text
+    assert f"{VIP}/32" not in rs.addrs()
+    assert rs.present(vips=[WEB, WEB6], arp_method="redirect", persist=True, **opts)[
+        "changes"] == {}
+    unit = next(t for p, t in rs.files().items() if p.endswith("lvs-realserver.service")
+                and not t.startswith("->"))
+    execs = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert [e.split()[0].rsplit("/", 1)[-1] for e in execs] == [
+        f"{binary}-restore", f"{v6}-restore"]
+    # one more port: the chain is replaced in one commit, the jump stays single
+    more = rs.present(vips=[{**WEB, "ports": [80, 443, "udp/53"]}, WEB6], arp_method="redirect",
+                      persist=True, **opts)
+    assert more["changes"]["iptables"][f"{binary} nat SALTEXT_LVS"]["new"][VIP] == [
+        "tcp/80", "tcp/443", "udp/53"]
+    assert rs.ns.run(*save).stdout.count("-j SALTEXT_LVS") == 1
+    gone = rs.absent(**opts)
+    assert gone["result"] is True, gone["comment"]
+    assert "SALTEXT_LVS" not in rs.ns.run(*save).stdout
+    assert {p for p in rs.files() if not p.endswith("state.json")} == set()
+
+
+# --------------------------------------------------------------------------------------------
+# arptables: legacy and nft-backed binaries
+
+
+@pytest.mark.parametrize("binary", ["arptables-legacy", "arptables-nft"])
+def test_arptables_chains_of_its_own_swapped_by_generation(realserver, binary):
+    rs = realserver()
+    opts = {"arptables_bin": binary}
+
+    def saved():  # arptables-legacy-save lists with /usr/sbin/arptables, whatever that is
+        return rs.ns.run(binary, "-L", "-n").stdout
+
+    rs.ns.run(binary, "-A", "INPUT", "-s", "203.0.113.9", "-j", "DROP")  # the operator's own
+    flavour = "nft" if binary.endswith("-nft") else "legacy"
+    target = f"arptables ({flavour})"
+    predicted = rs.present(vips=[VIP], arp_method="arptables", persist=True, test=True, **opts)
+    done = rs.present(vips=[VIP], arp_method="arptables", persist=True, **opts)
+    assert done["result"] is True, done["comment"]
+    assert done["changes"] == predicted["changes"]
+    assert done["changes"]["arptables"] == {
+        target: {"old": None, "new": {"vips": [VIP], "rewrite": {"eth0": RIP}}}}
+    assert "sysctl" not in done["changes"] and rs.arp("eth0") == (0, 0)
+    text = saved()
+    assert "-j LVS_RS_IN_A" in text and "-j LVS_RS_OUT_A" in text
+    assert f"-d {VIP}" in text and f"--mangle-ip-s {RIP}" in text
+    assert rs.present(vips=[VIP], arp_method="arptables", persist=True, **opts)["changes"] == {}
+
+    # a second VIP: a new generation is filled and jumped to before the old one goes
+    more = rs.module("apply", vips=[VIP, VIP2], arp_method="arptables", persist=True,
+                     exclusive=True, **opts, **rs.paths)
+    assert more["journal"][0] == f"arptables {target}", more["journal"]
+    text = saved()
+    assert "LVS_RS_IN_B" in text and "LVS_RS_IN_A" not in text
+    assert text.count(f"--mangle-ip-s {RIP}") == 2
+    assert "-j DROP -s 203.0.113.9" in text
+
+    unit = next(t for p, t in rs.files().items() if p.endswith("lvs-realserver.service")
+                and not t.startswith("->"))
+    execs = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert execs[0].startswith("/bin/sh ") and execs[-1].startswith("/sbin/ip -force -batch")
+
+    gone = rs.absent(**opts)
+    assert gone["result"] is True, gone["comment"]
+    text = saved()
+    assert "LVS_RS" not in text and "203.0.113.9" in text, text
+    assert f"{VIP}/32" not in rs.addrs()
+
+
+def test_switching_nftables_to_arptables_and_back(realserver):
+    rs = realserver()
+    rs.present(vips=[VIP], arp_method="nftables", persist=False)
+    to = rs.module("apply", vips=[VIP], arp_method="arptables", persist=False, exclusive=True,
+                   arptables_bin="arptables-legacy", **rs.paths)
+    j = to["journal"]
+    assert j == ["arptables arptables (legacy)", "nftables table arp saltext_lvs"], j
+    back = rs.module("apply", vips=[VIP], arp_method="nftables", persist=False, exclusive=True,
+                     arptables_bin="arptables-legacy", **rs.paths)
+    assert back["journal"] == ["nftables table arp saltext_lvs", "arptables arptables (legacy)"]
+    assert "LVS_RS" not in rs.ns.run("arptables-legacy", "-L", "-n").stdout
+
+
+# --------------------------------------------------------------------------------------------
+# IPv6: the VIP is never chosen as a source address
+
+
+def route_src(rs, dst):
+    out = json.loads(rs.ns.run("ip", "-j", "-6", "route", "get", dst).stdout)
+    return out[0].get("prefsrc")
+
+
+def test_ipv6_vip_is_not_chosen_as_a_source_address(realserver):
+    """A destination out of eth1, which has no global IPv6 address: candidates are eth0's
+    2001:db8::11 and the VIP on lo; the VIP shares a longer prefix with the destination
+    (RFC 6724 rule 8), so a preferred VIP wins. Deprecated (rule 3), it never does."""
+    rs = realserver(eth0="198.51.100.11/24", eth1="203.0.113.11/24")
+    vip6 = "2001:db8:1::100"
+    rs.ns.ip("addr", "add", "2001:db8::11/64", "dev", "eth0", "nodad")
+    rs.ns.ip("-6", "route", "add", "2001:db8:1::/64", "dev", "eth1")
+    rs.ns.ip("addr", "add", f"{vip6}/128", "dev", "lo", "nodad")  # the usual way: preferred
+    assert route_src(rs, "2001:db8:1::5") == vip6, "control: a preferred VIP is picked"
+    audit = rs.module("audit", vips=[vip6])
+    assert [f["severity"] for f in audit["findings"]] == ["warning"]
+    done = rs.present(vips=[vip6], persist=False)
+    assert done["changes"]["address"] == {f"{vip6}/128 dev lo": {
+        "old": f"{vip6}/128 dev lo (preferred: may be chosen as a source address)",
+        "new": f"{vip6}/128 dev lo (deprecated: never chosen as a source address)"}}
+    assert route_src(rs, "2001:db8:1::5") == "2001:db8::11"
+    assert "deprecated" in rs.ns.run("ip", "-6", "addr", "show", "dev", "lo").stdout
+    assert rs.present(vips=[vip6], persist=False)["changes"] == {}
+    assert rs.module("audit", vips=[vip6])["findings"] == []
+    # a VIP the module adds from scratch is deprecated from the start, and still accepts
+    rs.absent()
+    rs.present(vips=[vip6], persist=False)
+    assert route_src(rs, "2001:db8:1::5") == "2001:db8::11"
+    assert route_src(rs, vip6) == vip6  # local delivery to it still works
+
+
+def test_changing_the_arptables_binary_moves_the_rules_to_the_other_table(realserver):
+    """arptables-legacy and arptables-nft keep their rules in different kernel tables: after a
+    change of binary the old flavour's chains must go too (once the new ones are in force)."""
+    rs = realserver()
+    rs.present(vips=[VIP], arp_method="arptables", persist=False, arptables_bin="arptables-legacy")
+    moved = rs.module("apply", vips=[VIP], arp_method="arptables", persist=False, exclusive=True,
+                      arptables_bin="arptables-nft", **rs.paths)
+    assert moved["journal"] == ["arptables arptables (nft)",
+                                "arptables arptables (legacy) arptables-legacy"], moved["journal"]
+    assert "LVS_RS" not in rs.ns.run("arptables-legacy", "-L", "-n").stdout
+    assert "LVS_RS_IN_A" in rs.ns.run("arptables-nft", "-L", "-n").stdout
+    assert rs.present(vips=[VIP], arp_method="arptables", persist=False,
+                      arptables_bin="arptables-nft")["changes"] == {}
+    rs.absent(arptables_bin="arptables-nft")
+    assert "LVS_RS" not in rs.ns.run("arptables-nft", "-L", "-n").stdout
+
+
+def test_changing_the_iptables_binary_moves_the_redirect(realserver):
+    rs = realserver()
+    opts = {"redirect_backend": "iptables"}
+    rs.present(vips=[WEB], arp_method="redirect", persist=False, iptables_bin="iptables-legacy",
+               **opts)
+    moved = rs.module("apply", vips=[WEB], arp_method="redirect", persist=False, exclusive=True,
+                      iptables_bin="iptables-nft", **opts, **rs.paths)
+    assert moved["journal"] == ["iptables iptables-nft nat SALTEXT_LVS",
+                                "iptables iptables-legacy nat SALTEXT_LVS"], moved["journal"]
+    assert "SALTEXT_LVS" not in rs.ns.run("iptables-legacy-save", "-t", "nat").stdout
+    assert "SALTEXT_LVS" in rs.ns.run("iptables-nft-save", "-t", "nat").stdout
+
+
+def test_a_dedicated_interface_this_kernel_cannot_create_changes_nothing(realserver):
+    """This host's kernel has no dummy driver (the kernel lane's has: there the placement is
+    tested end to end, tests/kernel/test_realserver_placement.py). Test mode predicts the
+    dummy; a real run says why it cannot and leaves the host as it was."""
+    rs = realserver()
+    before = rs.snapshot()
+    predicted = rs.present(vips=[{"address": VIP, "device": "lvsvip0"}], persist=True, test=True)
+    assert predicted["changes"]["link"] == {"lvsvip0": {"old": None, "new": "dummy, NOARP, up"}}
+    assert predicted["changes"]["address"] == {f"{VIP}/32 dev lvsvip0": {
+        "old": None, "new": f"{VIP}/32 dev lvsvip0"}}
+    res = rs.present(vips=[{"address": VIP, "device": "lvsvip0"}], persist=True)
+    assert res["result"] is False
+    assert "could not be created as a dummy interface" in res["comment"], res["comment"]
+    assert rs.snapshot() == before

@@ -24,13 +24,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REALSERVERS = ["rs1", "rs2"]
 EXAMPLE = yaml.safe_load((saltenv.REPO / "pillar.example").read_text())
-METHODS = ["nftables"]
+# "redirect-iptables": arp_method redirect with the minion config's redirect_backend set to
+# iptables (legacy iptables here, the other flavour is covered in tests/functional);
+# "arptables" runs arptables-legacy, "arptables-nft" the nft-backed binary
+METHODS = ["nftables", "arptables", "arptables-nft", "redirect", "redirect-iptables"]
+ARPTABLES_BIN = {"arptables": "arptables-legacy", "arptables-nft": "arptables-nft"}
 
 
 def pillar(method: str) -> dict:
     out = copy.deepcopy(EXAMPLE)
-    out["lvs"]["realserver"]["arp_method"] = method
+    out["lvs"]["realserver"]["arp_method"] = method.split("-")[0]
     return out
+
+
+def configure(cluster, name: str, method: str) -> None:
+    backend = "iptables" if method.endswith("-iptables") else "auto"
+    extra = {"lvs_realserver": {"redirect_backend": backend, "iptables_bin": "iptables-legacy",
+                                "arptables_bin": ARPTABLES_BIN.get(method, "arptables-legacy")}}
+    cluster.confs[name] = saltenv.make_local_config(cluster.workdir / name, name, pillar(method),
+                                                    saltenv.REPO, extra=extra)
 
 
 def failed(ret: dict) -> list[str]:
@@ -43,7 +55,7 @@ def changed(ret: dict) -> list[str]:
 
 def apply_method(cluster, method: str, names=REALSERVERS) -> dict:
     for name in names:
-        cluster.conf(name, pillar(method))
+        configure(cluster, name, method)
     rets = cluster.apply(names)
     for name, ret in rets.items():
         assert not failed(ret), (name, ret)
@@ -72,7 +84,7 @@ def check_wire(lab, method: str) -> None:
     for name in REALSERVERS:
         # the real servers still answer for their own address
         assert lab.arp_responders(lab.host(name).address) == {name}
-        if method != "redirect":
+        if not method.startswith("redirect"):
             assert lab.own_arp_senders(name) == {lab.host(name).address}
         senders = reply_arp_senders(lab, name)
         assert senders == {lab.host(name).address}, (name, senders)
@@ -84,7 +96,7 @@ def check_wire(lab, method: str) -> None:
         assert r["sent_to"] == ["lb1"]
         assert r["reply_from"] == [r["server"]], r
         # redirect: the service sees the connection on the real address; the client the VIP
-        local = lab.host(r["server"]).address if method == "redirect" else lab.vip
+        local = lab.host(r["server"]).address if method.startswith("redirect") else lab.vip
         assert r["server_local"] == f"{local}:80", r
     assert lab.name_of(lab.neighbour("client", lab.vip)) == "lb1"
 
@@ -109,7 +121,7 @@ def test_each_method_from_a_clean_host_on_the_wire(cluster, method):
     assert all(changed(ret) for ret in first.values())
     for name in REALSERVERS:
         held = {a.split("/")[0] for a in lab.host(name).addresses("lo")}
-        assert (lab.vip in held) is (method != "redirect")
+        assert (lab.vip in held) is (not method.startswith("redirect"))
         if method != "sysctl":
             assert lab.host(name).arp_sysctls()["eth0"] == (0, 0), "rules alone keep it quiet"
     check_wire(lab, method)
@@ -126,11 +138,18 @@ def test_each_method_from_a_clean_host_on_the_wire(cluster, method):
     for name in REALSERVERS:
         assert lab.host(name).arp_sysctls()["eth0"] == (0, 0)
         assert lab.vip not in {a.split("/")[0] for a in lab.host(name).addresses("lo")}
-        assert lab.host(name).ns.run("nft", "list", "tables").stdout.strip() == ""
+        # arptables-nft keeps its own (now empty) `table arp filter`: not ours to delete
+        tables = set(lab.host(name).ns.run("nft", "list", "tables").stdout.split("\n"))
+        assert tables - {"", "table arp filter"} == set(), tables
+        assert "SALTEXT_LVS" not in lab.host(name).ns.run("iptables-legacy-save").stdout
+        for binary in ARPTABLES_BIN.values():
+            assert "LVS_RS" not in lab.host(name).ns.run(binary, "-L", "-n").stdout
 
 
-SWITCHES = [("sysctl", m) for m in METHODS] + [(m, "sysctl") for m in METHODS] + [
-    (a, b) for a in METHODS for b in METHODS if a != b]
+# sysctl -> each method -> sysctl, then a cycle through the others: every method is switched
+# to and from at least twice
+SWITCHES = [pair for m in METHODS for pair in (("sysctl", m), (m, "sysctl"))] + [
+    (a, b) for a, b in zip(METHODS, METHODS[1:] + METHODS[:1])]
 
 
 def test_switching_methods_never_opens_a_window(cluster):
@@ -152,3 +171,72 @@ def test_switching_methods_never_opens_a_window(cluster):
         assert all(changed(ret) for ret in rets.values()), (a, b)
         check_wire(lab, b)
     assert len(order) > len(METHODS)
+
+
+# --------------------------------------------------------------------------------------------
+# audit tells what the wire shows, for every method and for a broken rule set
+
+
+TAMPER = {
+    # method: (break the output rewrite, break the input drop), run in the real server. For
+    # the rule methods the output rule also rewrites the sender of the host's ARP *replies*,
+    # so without the input drop a reply still never says "VIP is at <real server>": only with
+    # both rules gone does the wire show the real server answering for the VIP.
+    "sysctl": ([["sh", "-c", "echo 0 > /proc/sys/net/ipv4/conf/eth0/arp_announce"]],
+               [["sh", "-c", "echo 0 > /proc/sys/net/ipv4/conf/eth0/arp_ignore"]]),
+    "nftables": ([["nft", "flush", "chain", "arp", "saltext_lvs", "output"]],
+                 [["nft", "flush", "chain", "arp", "saltext_lvs", "input"]]),
+    # (a repair swaps the generation: flush whichever of A/B is in force)
+    "arptables": ([["sh", "-c", "for c in $(arptables-legacy -L -n | sed -n "
+                    "'s/^Chain \\(LVS_RS_OUT_[AB]\\) .*/\\1/p'); do arptables-legacy -F $c; done"]],
+                  [["sh", "-c", "for c in $(arptables-legacy -L -n | sed -n "
+                    "'s/^Chain \\(LVS_RS_IN_[AB]\\) .*/\\1/p'); do arptables-legacy -F $c; done"]]),
+}
+
+
+def audit(cluster, name: str) -> dict:
+    return cluster.salt(name, "lvs_realserver.audit", f"vips=[{cluster.lab.vip}]")
+
+
+def errors(report: dict) -> set[tuple[str, str]]:
+    return {(f["interface"], "answers" if "answers ARP" in f["message"] else "leaks")
+            for f in report["findings"] if f["severity"] == "error"}
+
+
+@pytest.mark.parametrize("method", ["sysctl", "nftables", "arptables", "redirect"])
+def test_audit_agrees_with_the_wire(cluster, method):
+    lab = cluster.lab
+    apply_method(cluster, method, names=["rs1"])
+    report = audit(cluster, "rs1")
+    assert report["ok"] is True and errors(report) == set(), report["findings"]
+    assert lab.arp_responders() == {"lb1"}
+    if method == "redirect":
+        assert report["vips"][lab.vip]["redirected_by"] == "table ip saltext_lvs"
+        return
+    if method != "sysctl":
+        assert report["vips"][lab.vip]["arp_rules"], report["vips"]
+    leak, answer = TAMPER[method]
+    for argv in leak:
+        lab.host("rs1").ns.run(*argv)
+    assert errors(audit(cluster, "rs1")) == {("eth0", "leaks")}
+    assert lab.vip in lab.own_arp_senders("rs1"), "the wire shows the leak the audit reports"
+    apply_method(cluster, method, names=["rs1"])
+    assert lab.own_arp_senders("rs1") == {lab.host("rs1").address}
+    for argv in answer:
+        lab.host("rs1").ns.run(*argv)
+    if method != "sysctl":
+        # input drop gone, output rewrite still there: the audit warns, the wire stays clean
+        report = audit(cluster, "rs1")
+        assert report["ok"] is True and errors(report) == set(), report["findings"]
+        assert any("only the output rule keeps the VIP out of the reply" in f["message"]
+                   for f in report["findings"] if f["severity"] == "warning")
+        assert lab.arp_responders() == {"lb1"}
+        for argv in leak:  # now both rules are gone
+            lab.host("rs1").ns.run(*argv)
+        assert errors(audit(cluster, "rs1")) == {("eth0", "answers"), ("eth0", "leaks")}
+    else:
+        assert errors(audit(cluster, "rs1")) == {("eth0", "answers")}
+    assert "rs1" in lab.arp_responders(), "the wire shows the answer the audit reports"
+    apply_method(cluster, method, names=["rs1"])
+    assert audit(cluster, "rs1")["ok"] is True
+    assert lab.arp_responders() == {"lb1"}

@@ -247,7 +247,7 @@ def _index(events, pred):
     return [i for i, e in enumerate(events) if pred(e)]
 
 
-@pytest.mark.parametrize("method", ["nftables"])
+@pytest.mark.parametrize("method", ["nftables", "arptables"])
 def test_rule_method_write_order_recorded_by_strace(fresh_lab, tmp_path, method):
     """Rules in force strictly before the VIP appears; switching to sysctl raises the sysctls
     before the rules go; switching back loads the rules before the sysctls are relaxed; taking
@@ -284,11 +284,12 @@ def test_rule_method_write_order_recorded_by_strace(fresh_lab, tmp_path, method)
     dels = _index(events, lambda e: e == ("RTM_DELADDR", VIP))
     gone = _index(events, rule_out)
     assert dels and gone and max(dels) < min(gone), events
-    assert rs.ns.run("nft", "list", "tables").stdout.strip() == ""
+    assert rs.ns.run("nft", "list", "tables").stdout.strip() in ("", "table arp filter")
+    assert "LVS_RS" not in rs.ns.run("arptables", "-L", "-n").stdout
     assert rs.arp_sysctls()["eth0"] == (0, 0)
 
 
-@pytest.mark.parametrize("method", ["nftables"])
+@pytest.mark.parametrize("method", ["nftables", "arptables", "redirect"])
 def test_boot_replay_with_rule_methods(fresh_lab, tmp_path, method):
     """The unit persisted by a rule method, replayed step by step in a never-configured rs2:
     the rules come before the VIPs, and the wire is right at the end."""
@@ -299,8 +300,15 @@ def test_boot_replay_with_rule_methods(fresh_lab, tmp_path, method):
     persist = tmp_path / "rs1" / "persist"
     unit = (persist / "systemd" / "lvs-realserver.service").read_text()
     execs = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
-    assert len(execs) == 2 and "-batch" in execs[-1], execs
     assert not (persist / "sysctl.d" / "90-lvs-realserver.conf").exists()
+    if method == "redirect":
+        assert len(execs) == 1 and "nft -f" in execs[0], execs  # no VIP to restore
+        rs2.ns.run(*shlex.split(execs[0]))
+        assert f"{VIP}/32" not in rs2.addresses("lo")
+        assert "redirect" in rs2.ns.run("nft", "list", "table", "ip", "saltext_lvs").stdout
+        assert lab.arp_responders() == {"lb1"}
+        return
+    assert len(execs) == 2 and "-batch" in execs[-1], execs
     # the rules file mentions rs1's own address: rs2 boots from the same file with its own
     # address, as a copy of rs1's disk would not; substitute it to replay on rs2
     rules_path = shlex.split(execs[0])[-1]
@@ -320,3 +328,23 @@ def test_boot_replay_with_rule_methods(fresh_lab, tmp_path, method):
     rs2.ns.run(*shlex.split(execs[1]))
     assert lab.arp_responders() == {"lb1"}
     assert rs2.addresses("lo").count(f"{VIP}/32") == 1
+
+
+def test_redirect_with_a_fwmark_service_fails_naming_the_key(fresh_lab, tmp_path):
+    rs = fresh_lab.host("rs1")
+    pillar = method_pillar("redirect")
+    pillar["lvs"]["services"]["mail"] = {
+        "vip": "198.51.100.102", "protocol": "fwmark", "fwmark": 7, "method": "dr",
+        "realservers": {"rs1": {"address": "198.51.100.11"}}}
+    conf = config(tmp_path, "rs1", pillar)
+    before = (rs.arp_sysctls(), rs.addresses("lo"), rs.ns.run("nft", "list", "ruleset").stdout)
+    saltenv.salt_call(conf, "saltutil.sync_all", netns=rs.ns)
+    proc = saltenv.salt_call_raw(conf, "state.apply", "lvs", netns=rs.ns)
+    assert proc.returncode != 0
+    failed = saltenv.failed_states(saltenv.parse_local(proc))
+    assert [s["id"].split("_|-")[0] for s in failed] == ["lvs_realserver"]
+    assert "lvs:services:mail:protocol: 'fwmark' cannot be served with lvs:realserver:" \
+           "arp_method 'redirect'" in failed[0]["comment"], failed[0]["comment"]
+    assert "Nothing was changed" in failed[0]["comment"]
+    after = (rs.arp_sysctls(), rs.addresses("lo"), rs.ns.run("nft", "list", "ruleset").stdout)
+    assert after == before

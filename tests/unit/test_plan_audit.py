@@ -79,7 +79,8 @@ def test_only_the_nic_facing_the_vip_is_touched():
 
 
 def paths_dummy():
-    return {k: f"/nonexistent/saltext-lvs-test/{k}" for k in rs.DEFAULT_PATHS}
+    return {k: f"/nonexistent/saltext-lvs-test/{k}"
+            for k in ("state_file", "sysctl_file", "vip_file", "unit_file")}
 
 
 def test_routed_vip_falls_back_to_every_arp_nic():
