@@ -1,6 +1,6 @@
 """The roll-out runner's pure decisions (_runners/lvs_rollout.py): when a new real server is
 ready for traffic, which IPVS entries a removal drains, and how a check that fails looks to
-Salt. The orchestrations run end to end in tests/integration/test_orchestration.py (real master)
+Salt. The orchestrations run end to end in tests/integration/test_orchestration_gate.py (real master)
 and tests/kernel/test_orchestration.py (real IPVS)."""
 
 import pytest
