@@ -256,6 +256,11 @@ def test_arptables_chains_of_its_own_swapped_by_generation(realserver, binary):
     assert "-j LVS_RS_IN_A" in text and "-j LVS_RS_OUT_A" in text
     assert f"-d {VIP}" in text and f"--mangle-ip-s {RIP}" in text
     assert rs.present(vips=[VIP], arp_method="arptables", persist=True, **opts)["changes"] == {}
+    # the audit sees these rules (legacy: through arptables -L; nft-backed: in nft's arp table)
+    report = rs.module("audit", vips=[VIP], **opts)
+    assert report["ok"] is True and report["findings"] == [], report["findings"]
+    where = "nft table arp filter chain" if flavour == "nft" else f"{binary} chain"
+    assert {src.rsplit(" ", 1)[0] for src in report["vips"][VIP]["arp_rules"]} == {where}
 
     # a second VIP: a new generation is filled and jumped to before the old one goes
     more = rs.module("apply", vips=[VIP, VIP2], arp_method="arptables", persist=True,
