@@ -67,7 +67,9 @@ def reply_arp_senders(lab, name: str) -> set[str]:
     connection the director forwarded to it (its neighbour cache flushed first). This works for
     every method, redirect included, where the real server holds no VIP to bind to."""
     host = lab.host(name)
-    cap = lab.spawn_probe("client", "arp-senders", "eth0", "--mac", host.mac, "--window", "3",
+    # the capture ends right after the first request; the long window only matters on a loaded
+    # machine, where the connections below can take longer than a few seconds to reach `name`
+    cap = lab.spawn_probe("client", "arp-senders", "eth0", "--mac", host.mac, "--window", "30",
                           "--count", "1", "--target", lab.client.address)
     for _ in range(8):  # the stand-in hashes client port: a few connections reach every server
         host.ip("neigh", "flush", "all")
@@ -76,7 +78,7 @@ def reply_arp_senders(lab, name: str) -> set[str]:
         assert res["ok"], res
         if res["server"] == name:
             break
-    return set(lab.finish_probe(cap, timeout=10, stop=False)["sender_ips"])
+    return set(lab.finish_probe(cap, timeout=40, stop=False)["sender_ips"])
 
 
 def check_wire(lab, method: str) -> None:
