@@ -69,7 +69,7 @@ Configuration (normally installed by the formula, ``salt/lvs/beacon.sls``, from 
 
     beacons:
       lvs_realserver:
-        - interval: 2                    # seconds between checks (Salt's beacon option)
+        - interval: 1                    # seconds between checks (Salt's beacon option)
         - disable_during_state_run: true # no check while a state runs (a remediation, say)
         - remind: 120                    # resend a persisting drift after this many s; 0 = never
         - refresh: 60                    # re-read links/addresses at least this often, in s
@@ -645,7 +645,7 @@ def beacon(config):
 
         beacons:
           lvs_realserver:
-            - interval: 2
+            - interval: 1
             - disable_during_state_run: true
     """
     conf = _config(config)

@@ -5,7 +5,7 @@
 
       lvs_beacon:
         enabled: true     # default true
-        interval: 2       # seconds between checks
+        interval: 1       # seconds between checks (default 1)
         remind: 120       # resend a drift that persists after this many seconds (0: never)
         refresh: 60       # re-read links and addresses at least this often, in seconds
 
@@ -26,7 +26,7 @@ lvs-realserver-beacon:
   beacon.present:
     - name: lvs_realserver
     - save: True
-    - interval: {{ conf.get('interval', 2) | json }}
+    - interval: {{ conf.get('interval', 1) | json }}
     - disable_during_state_run: True
     - remind: {{ conf.get('remind', 120) | json }}
     - refresh: {{ conf.get('refresh', 60) | json }}
