@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -84,13 +85,12 @@ def timed_with_children(fn, calls):
     """CPU of this thread plus of the child processes ``fn`` ran, per call."""
     samples = []
     for _ in range(calls):
-        before = os.times()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.thread_time_ns()
         fn()
         own = time.thread_time_ns() - start
-        after = os.times()
-        kids = (after.children_user + after.children_system
-                - before.children_user - before.children_system)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        kids = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         samples.append(own + int(kids * 1e9))
     return samples
 
