@@ -71,13 +71,17 @@ def reply_arp_senders(lab, name: str) -> set[str]:
     # machine, where the connections below can take longer than a few seconds to reach `name`
     cap = lab.spawn_probe("client", "arp-senders", "eth0", "--mac", host.mac, "--window", "30",
                           "--count", "1", "--target", lab.client.address)
-    for _ in range(8):  # the stand-in hashes client port: a few connections reach every server
+    # the stand-in hashes the client's port: each connection reaches `name` with probability
+    # 1/2, so 40 tries miss it with probability 2**-40 (8 would miss once in 256 calls)
+    for _ in range(40):
         host.ip("neigh", "flush", "all")
         lab.flush_neighbours("client")
         res = lab.tcp_request(port=80)
         assert res["ok"], res
         if res["server"] == name:
             break
+    else:
+        raise AssertionError(f"no connection reached {name} in 40 tries")
     return set(lab.finish_probe(cap, timeout=40, stop=False)["sender_ips"])
 
 
