@@ -33,9 +33,11 @@ Where the module keeps its record (minion config, optional):
 """
 
 import errno
+import hashlib
 import ipaddress
 import json
 import logging
+import marshal
 import os
 import socket
 import struct
@@ -61,6 +63,11 @@ log = logging.getLogger(__name__)
 __virtualname__ = "lvs_director"
 
 DEFAULT_PATHS = {"state_file": "/var/lib/saltext-lvs/director.json"}
+# quick: a run whose pillar, record, VIPs, sysctls and /proc/net/ip_vs are as the last run left
+# them ends there (see "The no-op check"); full: every run reads the whole table over netlink
+VERIFY = ("quick", "full")
+PROC_IPVS = "/proc/net/ip_vs"
+CHECK_FORMAT = 1
 PROC_VS = "/proc/sys/net/ipv4/vs"
 
 
@@ -90,6 +97,9 @@ NLA_F_NESTED = 0x8000
 _HDR = struct.Struct("=IHHII")
 _GENL = struct.Struct("=BBH")
 _NLA = struct.Struct("=HH")
+RTM_GETADDR = 22
+_IFADDRMSG = struct.Struct("=BBBBI")
+IFA_ADDRESS, IFA_LOCAL = 1, 2
 
 IPVS_GENL_VERSION = 1
 CMD_NEW_SERVICE, CMD_SET_SERVICE, CMD_DEL_SERVICE, CMD_GET_SERVICE = 1, 2, 3, 4
@@ -159,15 +169,14 @@ class IPVSNotAvailable(CommandExecutionError):
     pass
 
 
-class Genl:
-    """A generic netlink socket bound to the IPVS family, with dumps and batched requests."""
+class NetlinkSocket:
+    """A raw netlink socket (``protocol``: generic or route) for dumps and acked batches."""
 
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+    def __init__(self, protocol):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
         self.sock.bind((0, 0))
         self.seq = 0
-        self.family = self._resolve("IPVS")
 
     def close(self):
         self.sock.close()
@@ -187,12 +196,36 @@ class Genl:
                 yield kind, seq, data[offset + _HDR.size : offset + length]
                 offset += _align(length)
 
-    def _send(self, family, cmd, payload, flags, version=IPVS_GENL_VERSION):
+    def request(self, kind, body, flags):
         self.seq += 1
-        body = _GENL.pack(cmd, version, 0) + payload
-        self.sock.send(_HDR.pack(_HDR.size + len(body), family, flags | NLM_F_REQUEST,
-                                 self.seq, 0) + body)
+        self.sock.send(_HDR.pack(_HDR.size + len(body), kind, flags | NLM_F_REQUEST, self.seq, 0)
+                       + body)
         return self.seq
+
+    def dump_bodies(self, kind, body):
+        """The bodies of every message a dump request answers with."""
+        seq = self.request(kind, body, NLM_F_DUMP)
+        out = []
+        for mkind, mseq, mbody in self._messages():
+            if mseq != seq:
+                continue
+            if mkind == NLMSG_DONE:
+                return out
+            if mkind == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", mbody)[0]
+                raise OSError(code, f"netlink dump: {os.strerror(code)}")
+            out.append(mbody)
+
+
+class Genl(NetlinkSocket):
+    """A generic netlink socket bound to the IPVS family, with dumps and batched requests."""
+
+    def __init__(self):
+        super().__init__(NETLINK_GENERIC)
+        self.family = self._resolve("IPVS")
+
+    def _send(self, family, cmd, payload, flags, version=IPVS_GENL_VERSION):
+        return self.request(family, _GENL.pack(cmd, version, 0) + payload, flags)
 
     def _resolve(self, name):
         """The family id of ``name``; asking makes the kernel load ip_vs when it can."""
@@ -217,18 +250,24 @@ class Genl:
             raise IPVSNotAvailable("IPVS generic netlink family not found")
         return family
 
-    def dump(self, cmd, payload=b""):
-        seq = self._send(self.family, cmd, payload, NLM_F_DUMP)
-        out = []
+    def get(self, cmd, payload):
+        """The attributes of the one message a (non-dump) get request answers with."""
+        seq = self._send(self.family, cmd, payload, 0)
         for kind, mseq, body in self._messages():
             if mseq != seq:
                 continue
-            if kind == NLMSG_DONE:
-                return out
             if kind == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", body)[0]
-                raise OSError(code, f"IPVS dump: {os.strerror(code)}")
-            out.append(parse_attrs(body, _GENL.size))
+                raise OSError(code, f"IPVS get: {os.strerror(code)}")
+            return parse_attrs(body, _GENL.size)
+        return None  # pragma: no cover - _messages only ends by raising
+
+    def dump(self, cmd, payload=b""):
+        body = _GENL.pack(cmd, IPVS_GENL_VERSION, 0) + payload
+        try:
+            return [parse_attrs(b, _GENL.size) for b in self.dump_bodies(self.family, body)]
+        except OSError as err:
+            raise OSError(err.errno, f"IPVS dump: {os.strerror(err.errno)}") from err
 
     def batch(self, requests):
         """Send ``(cmd, payload)`` requests with acks; return the errno of each (0 = done)."""
@@ -341,8 +380,10 @@ def _flag_names(flags):
 
 
 def _addr16(addr, af):
-    packed = ipaddress.ip_address(addr).packed
-    return packed + b"\0" * (16 - len(packed)) if af == socket.AF_INET else packed
+    if ":" in addr:
+        return socket.inet_pton(socket.AF_INET6, addr)
+    packed = socket.inet_pton(socket.AF_INET, addr)
+    return packed + b"\0" * 12 if af == socket.AF_INET else packed
 
 
 def encode_service_key(key):
@@ -398,7 +439,7 @@ def encode_dest(dest, af, full=True):
 
 
 def _ip_text(raw, af):
-    return str(ipaddress.ip_address(raw[:4] if af == socket.AF_INET else raw[:16]))
+    return _addr_text(af, raw)
 
 
 def decode_service(attrs):
@@ -469,6 +510,14 @@ def desired_table(services):
     """{ServiceKey: (Service, {(addr, port): Dest}), ...} plus {ServiceKey: service name}."""
     table = {}
     names = {}
+    spelled = {}  # each address parsed once: 1000 services x 10 share a few hundred
+
+    def text(addr):
+        out = spelled.get(addr)
+        if out is None:
+            out = spelled[addr] = str(ipaddress.ip_address(addr))
+        return out
+
     for name, svc in services.items():
         vip = ipaddress.ip_address(svc["vip"])
         af = socket.AF_INET if vip.version == 4 else socket.AF_INET6
@@ -490,7 +539,7 @@ def desired_table(services):
             dests = {}
             for rs in svc["realservers"].values():
                 dest = Dest(
-                    addr=str(ipaddress.ip_address(rs["address"])),
+                    addr=text(rs["address"]),
                     port=(rs.get("port") or port) if svc["method"] == "nat" else port,
                     fwd=svc["method"],
                     weight=rs["weight"],
@@ -599,18 +648,27 @@ class Host:
     sysctl: dict  # "expire_nodest_conn" -> int
 
 
+def _addr_text(family, raw):
+    if family == socket.AF_INET:
+        return socket.inet_ntop(family, raw[:4])
+    return str(ipaddress.ip_address(raw[:16]))  # the pillar's spelling (RFC 5952)
+
+
 def observe_host(names=("expire_nodest_conn", "expire_quiescent_template")):
-    links, addrs = {}, {}
-    with IPRoute() as ipr:
-        for msg in ipr.get_links():
-            name = msg.get_attr("IFLA_IFNAME")
-            links[name] = {"index": msg["index"], "mac": msg.get_attr("IFLA_ADDRESS")}
-            addrs[name] = set()
-        by_index = {v["index"]: k for k, v in links.items()}
-        for msg in ipr.get_addr():
-            name = by_index.get(msg["index"])
-            if name is not None:
-                addrs[name].add(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+    """Links (name -> index), the addresses on each and the IPVS sysctls: one rtnetlink dump."""
+    links = {name: {"index": index, "mac": None} for index, name in socket.if_nameindex()}
+    by_index = {v["index"]: k for k, v in links.items()}
+    addrs = {name: set() for name in links}
+    with NetlinkSocket(socket.NETLINK_ROUTE) as nl:
+        for body in nl.dump_bodies(RTM_GETADDR, _IFADDRMSG.pack(0, 0, 0, 0, 0)):
+            family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(body)
+            name = by_index.get(index)
+            if name is None or family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            attrs = parse_attrs(body, _IFADDRMSG.size)
+            raw = attrs.get(IFA_ADDRESS) or attrs.get(IFA_LOCAL)
+            if raw:
+                addrs[name].add(f"{_addr_text(family, raw)}/{prefixlen}")
     sysctl = {}
     for name in names:
         try:
@@ -782,15 +840,21 @@ _IPVS_CMD = {
 }
 
 
-def ipvs_request(act):
+def ipvs_request(act, keys=None):
+    """``(cmd, payload)`` of one IPVS action; ``keys`` caches encoded service keys by key."""
     svc = act.data["service"]
     cmd = _IPVS_CMD[act.kind]
     if act.kind in ("svc_add", "svc_set"):
         return cmd, encode_service(svc)
+    key = keys.get(svc.key) if keys is not None else None
+    if key is None:
+        key = encode_service_key(svc.key)
+        if keys is not None:
+            keys[svc.key] = key
     if act.kind == "svc_del":
-        return cmd, encode_service_key(svc.key)
+        return cmd, key
     full = act.kind != "dest_del"
-    return cmd, encode_service_key(svc.key) + encode_dest(act.data["dest"], svc.key.af, full)
+    return cmd, key + encode_dest(act.data["dest"], svc.key.af, full)
 
 
 def send_garp(device, address, count=3, interval=0.2):
@@ -831,7 +895,8 @@ def execute(plan, host, genl):
                 while j < len(acts) and acts[j].kind in _IPVS_CMD:
                     j += 1
                 group = acts[i:j]
-                codes = genl.batch([ipvs_request(a) for a in group])
+                keys = {}
+                codes = genl.batch([ipvs_request(a, keys) for a in group])
                 for a, code in zip(group, codes):
                     if code:
                         raise _StepFailed(a, OSError(code, os.strerror(code)))
@@ -877,6 +942,239 @@ class _StepFailed(Exception):
 
 
 # --------------------------------------------------------------------------------------------
+# The no-op check
+# --------------------------------------------------------------------------------------------
+#
+# Reading the table back over netlink takes one dump per service (its real servers), each with
+# their counters: for 1000 services x 10 that costs more kernel time than adding them did, and
+# validating 11 000 pillar entries again costs more than that. A run that would change nothing
+# is the common case, so after every successful run the module writes ``<state_file>.check``:
+# a digest of the pillar tree (and of this module and lvs_pillar), the digest of the record it
+# wrote, and what this pillar means in the kernel's own words: the lines /proc/net/ip_vs shows
+# for each service (one read of a few hundred kB, no counters compared), the VIPs and sysctls.
+# The next run ends with "no changes" only when all of them still hold, compared against the
+# pillar (never against a snapshot of the kernel, so a change made while the file was written
+# cannot be taken for the declared state). Anything else (another pillar, a weight edited by
+# hand, a real server drained, an entry Salt does not manage, a VIP gone) takes the full path.
+#
+# /proc/net/ip_vs does not show scheduler flags, one-packet scheduling of IPv6 services, nor
+# the thresholds and tunnel settings of real servers. Where the pillar sets them, they are read
+# over netlink for those services only. Where the pillar leaves them at their defaults and
+# someone changes them by hand, only a full read sees it: ``verify: full`` (minion config
+# ``lvs_director:verify``, or the state's argument), ``lvs_director.status`` and ``audit``.
+
+
+def _check_path(paths):
+    return paths["state_file"] + ".check"
+
+
+def _pillar_digest(minion_id, lvs):
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"{CHECK_FORMAT} {minion_id!r}".encode())
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in (os.path.abspath(__file__), os.path.join(here, "lvs_pillar.py")):
+        try:
+            st = os.stat(path)
+            h.update(f" {st.st_mtime_ns} {st.st_size}".encode())
+        except OSError:
+            h.update(b" -")
+    try:
+        h.update(marshal.dumps(lvs, 2))  # version 2: no back-references, same bytes every time
+    except ValueError:  # an OrderedDict or another type marshal refuses
+        h.update(json.dumps(lvs, sort_keys=True, default=repr).encode())
+    return h.hexdigest()
+
+
+def _file_digest(path):
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.blake2b(fh.read(), digest_size=20).hexdigest()
+    except OSError:
+        return None
+
+
+def _proc_service_line(svc, hz):
+    """The service's line in /proc/net/ip_vs (ip_vs_info_seq_show), or None if unknowable."""
+    key = svc.key
+    ops = "ops " if svc.flags & SVC_F_ONEPACKET else ""
+    if key.protocol == "fwmark":
+        line = f"FWM  {key.fwmark:08X} {svc.scheduler} {ops}"
+    elif key.af == socket.AF_INET:
+        addr = socket.inet_pton(socket.AF_INET, key.addr).hex().upper()
+        line = f"{key.protocol.upper()}  {addr}:{key.port:04X} {svc.scheduler} {ops} "
+    else:
+        line = (f"{key.protocol.upper()}  [{ipaddress.IPv6Address(key.addr).exploded}]:"
+                f"{key.port:04X} {svc.scheduler} ")
+    if svc.flags & SVC_F_PERSISTENT:
+        if not hz:
+            return None
+        mask = struct.unpack("!I", _netmask_bytes(svc))[0]
+        line += f"persistent {svc.timeout * hz} {mask:08X}"  # the kernel prints jiffies
+    return line.encode()
+
+
+_PROC_FWD = {"dr": "Route", "tun": "Tunnel", "nat": "Masq"}
+
+
+def _proc_dest_line(dest):
+    """A real server's line in /proc/net/ip_vs without its two connection counters."""
+    if ":" in dest.addr:
+        addr = f"[{ipaddress.IPv6Address(dest.addr).exploded}]"
+    else:
+        addr = socket.inet_pton(socket.AF_INET, dest.addr).hex().upper()
+    return f"  -> {addr}:{dest.port:04X}      {_PROC_FWD[dest.fwd]:<7} {dest.weight:<6} ".encode()
+
+
+def read_proc_table():
+    """{service line: sorted real-server lines} from /proc/net/ip_vs, counters cut off; None
+    when the file is missing or two services print alike (IPv4 and IPv6 fwmark of one mark)."""
+    try:
+        with open(PROC_IPVS, "rb") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    blocks = {}
+    dests = None
+    for line in text.split(b"\n")[3:]:
+        if line[:4] == b"  ->":
+            # "%-10d %-10d" (active, inactive): 21 characters at the end of every line
+            dests.append(line[:-21])
+        elif line:
+            if line in blocks:
+                return None
+            dests = blocks[line] = []
+    for lines in blocks.values():
+        lines.sort()
+    return blocks
+
+
+def _hidden(desired):
+    """What /proc/net/ip_vs does not show and the pillar sets: (services, real servers)."""
+    svcs, dests = [], []
+    for key, (svc, table) in desired.items():
+        hidden_flags = svc.flags & ~(SVC_F_PERSISTENT | SVC_F_ONEPACKET)
+        if key.af == socket.AF_INET6:
+            hidden_flags = svc.flags & ~SVC_F_PERSISTENT
+        if hidden_flags:
+            svcs.append((_key_tuple(key), svc.flags))
+        if any(d.u_thresh or d.l_thresh or d.tun_type != "ipip" or d.tun_port
+               or d.tun_csum != "nocsum" for d in table.values()):
+            # the dump returns all of the service's real servers: check every one of them
+            dests.append((_key_tuple(key), {
+                d.key: (d.u_thresh, d.l_thresh, d.tun_type, d.tun_port, d.tun_csum)
+                for d in table.values()
+            }))
+    return svcs, dests
+
+
+def _key_tuple(key):
+    return (int(key.af), key.protocol, key.addr, key.port, key.fwmark)  # marshal: no IntEnum
+
+
+def _kernel_hz(genl, desired, proc):
+    """The kernel's HZ, from one persistent service seen both ways (seconds over netlink,
+    jiffies in /proc/net/ip_vs); None when there is none or they disagree."""
+    for key, (svc, _) in desired.items():
+        if not svc.flags & SVC_F_PERSISTENT:
+            continue
+        attrs = genl.get(CMD_GET_SERVICE, encode_service_key(key))
+        live = decode_service(attrs) if attrs else None
+        if live is None or not live.timeout:
+            return None
+        prefix = _proc_service_line(replace(svc, flags=svc.flags & ~SVC_F_PERSISTENT), 1)
+        for line in proc:
+            if line.startswith(prefix + b"persistent "):
+                jiffies = int(line.split(b" ")[-2])
+                hz, rest = divmod(jiffies, live.timeout)
+                return hz if not rest and hz in (100, 250, 300, 1000) else None
+        return None
+    return None
+
+
+def write_check(paths, digest, options, desired, genl):
+    """After a successful run: what the next run compares against (see above)."""
+    proc = read_proc_table() or {}
+    hz = _kernel_hz(genl, desired, proc)
+    expected = {}
+    for key, (svc, dests) in desired.items():
+        line = _proc_service_line(svc, hz)
+        if line is None or line in expected:
+            return  # cannot be told from /proc: no check file, every run reads in full
+        expected[line] = sorted(_proc_dest_line(d) for d in dests.values())
+    hidden_svcs, hidden_dests = _hidden(desired)
+    check = {
+        "format": CHECK_FORMAT,
+        "pillar": digest,
+        "record": _file_digest(paths["state_file"]),
+        "kernel": " ".join(os.uname()[2:4]),
+        "proc": expected,
+        "interface": options["interface"],
+        "vips": sorted({k.addr or k.vip for k in desired if k.addr or k.vip}),
+        "sysctl": {n: 1 if options.get(n, True) else 0
+                   for n in ("expire_nodest_conn", "expire_quiescent_template")},
+        "hidden_services": hidden_svcs,
+        "hidden_dests": hidden_dests,
+    }
+    path = _check_path(paths)
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(marshal.dumps(check, 2))
+    os.replace(tmp, path)
+
+
+def drop_check(paths):
+    try:
+        os.unlink(_check_path(paths))
+    except FileNotFoundError:
+        pass
+
+
+def read_check(paths):
+    try:
+        with open(_check_path(paths), "rb") as fh:
+            check = marshal.loads(fh.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    return check if isinstance(check, dict) and check.get("format") == CHECK_FORMAT else None
+
+
+def unchanged(paths, digest):
+    """True when the last run's check file says this run has nothing to do (see above)."""
+    check = read_check(paths)
+    if check is None or check.get("pillar") != digest:
+        return False
+    if check["kernel"] != " ".join(os.uname()[2:4]):
+        return False
+    if check["record"] is None or _file_digest(paths["state_file"]) != check["record"]:
+        return False
+    host = observe_host()
+    held = {a.split("/")[0] for a in host.addrs.get(check["interface"], ())}
+    if check["interface"] not in host.links or not held.issuperset(check["vips"]):
+        return False
+    for name, want in check["sysctl"].items():
+        if host.sysctl.get(name) not in (None, want):
+            return False
+    if read_proc_table() != check["proc"]:
+        return False
+    if check["hidden_services"] or check["hidden_dests"]:
+        with Genl() as genl:
+            for key, flags in check["hidden_services"]:
+                attrs = genl.get(CMD_GET_SERVICE, encode_service_key(ServiceKey(*key)))
+                if attrs is None or decode_service(attrs).flags != flags:
+                    return False
+            for key, extra in check["hidden_dests"]:
+                skey = ServiceKey(*key)
+                seen = {}
+                for attrs in genl.dump(CMD_GET_DEST, encode_service_key(skey)):
+                    d = decode_dest(attrs, skey.af)
+                    seen[d.key] = (d.u_thresh, d.l_thresh, d.tun_type, d.tun_port, d.tun_csum)
+                if seen != extra:
+                    return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------
 
@@ -884,16 +1182,21 @@ class _StepFailed(Exception):
 def _paths(overrides):
     # salt-call and minion jobs add __pub_* keyword arguments to every **kwargs function
     overrides = {k: v for k, v in overrides.items() if not k.startswith("__")}
-    paths = dict(DEFAULT_PATHS)
+    paths = dict(DEFAULT_PATHS, verify="quick")
     try:
         conf = __salt__["config.get"]("lvs_director", {}) or {}  # pylint: disable=undefined-variable
     except (NameError, KeyError):
         conf = {}
-    paths.update({k: v for k, v in conf.items() if k in DEFAULT_PATHS and v})
-    unknown = sorted(set(overrides) - set(DEFAULT_PATHS))
+    paths.update({k: v for k, v in conf.items() if k in paths and v})
+    unknown = sorted(set(overrides) - set(paths))
     if unknown:
         raise SaltInvocationError(f"unknown argument(s): {', '.join(unknown)}")
     paths.update({k: v for k, v in overrides.items() if v})
+    if paths["verify"] not in VERIFY:
+        raise SaltInvocationError(
+            f"verify: '{paths['verify']}' must be one of {', '.join(VERIFY)} (minion config "
+            "lvs_director:verify or the argument)"
+        )
     return paths
 
 
@@ -938,20 +1241,26 @@ def _config(minion_id=None, lvs=None):
     return options, conf["services"]
 
 
-def _run(options, services, paths, test, remove=False):
+def _run(options, services, paths, test, digest=None):
     host = observe_host()
     validate_for_kernel(services, options, host.links)
-    desired, names = desired_table(services) if not remove else ({}, {})
+    desired, names = desired_table(services)
     with Genl() as genl:
         live = read_table(genl)
         record = read_record(paths["state_file"])
         plan = plan_director(desired, live, host, record, options, names)
         ret = {"changes": plan.changes(), "warnings": plan.warnings, "test": bool(test),
-               "journal": []}
+               "journal": [], "checked": "full"}
         if test:
             return ret
+        drop_check(paths)  # before any change: a failed run leaves none behind
         ret["journal"] = execute(plan, host, genl)
-    write_record(paths["state_file"], plan.record)
+        write_record(paths["state_file"], plan.record)
+        if digest and paths["verify"] == "quick" and not plan.warnings:
+            try:
+                write_check(paths, digest, options, desired, genl)
+            except OSError as err:  # the run itself succeeded; the next one reads in full
+                log.warning("lvs_director: could not write %s: %s", _check_path(paths), err)
     return ret
 
 
@@ -974,14 +1283,26 @@ def apply(test=False, minion_id=None, lvs=None, **paths):
     minion_id, lvs
         Act as this director of this ``lvs`` tree instead of the minion's own id and pillar
         (orchestration and tests).
+    verify
+        ``quick`` (default; minion config ``lvs_director:verify``): when the pillar, the record,
+        the VIPs, the IPVS sysctls and /proc/net/ip_vs are as the last successful run left them,
+        end there (``checked: quick``). ``full``: read every attribute of every entry over
+        netlink on every run. See "The no-op check" in the module source for what each sees.
     """
     paths = _paths(paths)
+    digest = None
+    if paths["verify"] == "quick":
+        tree = lvs if lvs is not None else __pillar__.get("lvs", {})  # pylint: disable=undefined-variable
+        digest = _pillar_digest(minion_id or __opts__["id"], tree)  # pylint: disable=undefined-variable
+        if unchanged(paths, digest):
+            return {"changes": {}, "warnings": [], "test": bool(test), "journal": [],
+                    "checked": "quick"}
     options, services = _config(minion_id, lvs)
     if options is None:
         raise SaltInvocationError(
             f"lvs:directors: '{minion_id or __opts__['id']}' is not a director in the pillar"  # pylint: disable=undefined-variable
         )
-    return _run(options, services, paths, test)
+    return _run(options, services, paths, test, digest)
 
 
 def remove(test=False, minion_id=None, lvs=None, **paths):
@@ -1007,6 +1328,7 @@ def remove(test=False, minion_id=None, lvs=None, **paths):
         ret = {"changes": plan.changes(), "warnings": [], "test": bool(test), "journal": []}
         if test:
             return ret
+        drop_check(paths)
         ret["journal"] = execute(plan, host, genl)
     write_record(paths["state_file"], empty_record())
     return ret

@@ -52,6 +52,9 @@ def _call(name, fun, kwargs, verb_test, verb_done):
         ret["comment"] = f"{verb_test if test else verb_done}: {counts}."
     else:
         ret["comment"] = "The director is already as declared."
+        if res.get("checked") == "quick":
+            ret["comment"] += (" (quick check: pillar, record, VIPs, sysctls and /proc/net/ip_vs "
+                               "as the last run left them; verify: full reads every attribute)")
     if res.get("warnings"):
         ret["warnings"] = res["warnings"]
     ret["result"] = None if test and changes else True
@@ -69,6 +72,10 @@ def present(name, minion_id=None, lvs=None, **paths):
         minion's own id and pillar.
     state_file
         Override the record path of the minion config ``lvs_director``.
+    verify
+        ``quick`` (default) or ``full``: see ``lvs_director.apply`` and docs/director.md. With
+        ``quick`` a run with nothing to do ends after comparing the pillar with
+        /proc/net/ip_vs; ``full`` reads every attribute of the table on every run.
     """
     return _call(name, "lvs_director.apply", dict(paths, minion_id=minion_id, lvs=lvs),
                  "Would change", "Changed")

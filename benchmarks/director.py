@@ -22,7 +22,12 @@ Cases (each row of the table):
 module from-empty        ``apply()`` on a fresh namespace: pillar validation, observe (links,
                          addresses, sysctls, IPVS dumps), plan, execute (2 sysctls, the netlink
                          batches of N + 10N adds, the VIP on eth0), the record written (fsync'd)
-module no-op             the same call again, right after, in the same namespace
+module no-op             the same call again, right after, in the same namespace: the quick
+                         check (pillar digest, record, VIPs, sysctls, /proc/net/ip_vs); the
+                         run must report ``checked: quick``
+module no-op, full       the same call with ``verify="full"``: the pillar validated again and the
+                         whole table read over netlink (one dump per service); ratio against
+                         ``ipvsadm -Sn``, which reads the same way
 module weights 10%       the pillar gives rs01 weight 150 in every service (N of the 10N dests)
                          and ``apply()`` runs again, in the same namespace
 ipvsadm -R from-empty    ``ipvsadm -R`` fed the same table as ``-A``/``-a`` lines on stdin: the
@@ -98,6 +103,7 @@ ROWS = (
     # (key, label)
     ("module-empty", "module from-empty"),
     ("module-noop", "module no-op"),
+    ("module-noop-full", "module no-op, full"),
     ("module-weights", "module weights 10%"),
     ("restore-empty", "ipvsadm -R from-empty"),
     ("restore-weights", "ipvsadm -R weights 10%"),
@@ -110,16 +116,17 @@ BASE = {
     "module-empty": "restore-empty", "restore-empty": "restore-empty",
     "perentry-empty": "restore-empty", "module-weights": "restore-weights",
     "restore-weights": "restore-weights", "perentry-weights": "restore-weights",
-    "save": "restore-empty",
+    "save": "restore-empty", "module-noop-full": "save",
 }
 # module phases, timed by wrapping the module globals that _run calls once each; "batch" (the
 # netlink send + acks of Genl.batch) is part of "execute"; "rest" is what none of them covers
 # (_paths, Genl() opening the socket, Plan.changes)
-PHASES = ("_config", "observe_host", "validate_for_kernel", "desired_table", "read_table",
-          "read_record", "plan_director", "execute", "write_record")
-PHASE_LABELS = {"_config": "pillar", "observe_host": "host", "validate_for_kernel": "validate",
-                "desired_table": "desired", "read_table": "dump", "read_record": "record",
-                "plan_director": "plan", "execute": "execute", "write_record": "write"}
+PHASES = ("unchanged", "_config", "observe_host", "validate_for_kernel", "desired_table",
+          "read_table", "read_record", "plan_director", "execute", "write_record", "write_check")
+PHASE_LABELS = {"unchanged": "check", "_config": "pillar", "observe_host": "host",
+                "validate_for_kernel": "validate", "desired_table": "desired",
+                "read_table": "dump", "read_record": "record", "plan_director": "plan",
+                "execute": "execute", "write_record": "write", "write_check": "w.check"}
 
 MOD = None  # lvs_director under test, loaded once in this process; forked children inherit it
 
@@ -215,7 +222,7 @@ def drop_ns(ns: Netns) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _child_apply(lvs, state_file, profile=False):
+def _child_apply(lvs, state_file, profile=False, verify="quick"):
     """Runs in a child inside the namespace: time one ``apply`` call, with a phase breakdown."""
     mod = MOD
     phases = {}
@@ -239,7 +246,7 @@ def _child_apply(lvs, state_file, profile=False):
     t0 = time.perf_counter()
     if prof:
         prof.enable()
-    ret = mod.apply(test=False, lvs=lvs, state_file=state_file)
+    ret = mod.apply(test=False, lvs=lvs, state_file=state_file, verify=verify)
     if prof:
         prof.disable()
     elapsed = time.perf_counter() - t0
@@ -258,6 +265,7 @@ def _child_apply(lvs, state_file, profile=False):
         "journal_kinds": journal_kinds,
         "journal_len": len(ret["journal"]),
         "warnings": list(ret["warnings"]),
+        "checked": ret.get("checked"),
     }
     if prof:
         out["profile"] = profile_report(prof)
@@ -362,7 +370,9 @@ def check_empty_result(res: dict, n: int, case: str) -> None:
         raise CheckFailed(f"{case}: warnings {res['warnings'][:3]}")
 
 
-def check_noop_result(res: dict, case: str) -> None:
+def check_noop_result(res: dict, case: str, checked: str = "quick") -> None:
+    if res["checked"] != checked:
+        raise CheckFailed(f"{case}: checked {res['checked']!r}, want {checked!r}")
     if res["changes"] or res["journal_len"] or res["warnings"]:
         raise CheckFailed(
             f"{case}: a no-op reported changes {res['changes']}, journal {res['journal_kinds']}, "
@@ -400,15 +410,18 @@ def measure_module(n: int, pillars: tuple, tmp_root: Path, tag: str) -> dict:
         noop = ns.call(_child_apply, lvs, state_file)
         check_noop_result(noop, "module no-op")
         check_table(ns, n, "module no-op")
+        full = ns.call(_child_apply, lvs, state_file, False, "full")
+        check_noop_result(full, "module no-op, full", "full")
         weights = ns.call(_child_apply, lvs_changed, state_file)
         check_weights_result(weights, n, "module weights 10%")
         check_table(ns, n, "module weights 10%", changed=True)
     finally:
         drop_ns(ns)
         shutil.rmtree(folder, ignore_errors=True)
-    for res in (empty, noop, weights):
+    for res in (empty, noop, full, weights):
         res.pop("realserver_changes")
-    return {"module-empty": empty, "module-noop": noop, "module-weights": weights}
+    return {"module-empty": empty, "module-noop": noop, "module-noop-full": full,
+            "module-weights": weights}
 
 
 def measure_restore(n: int, tag: str) -> dict:
@@ -587,7 +600,7 @@ def print_table(summary: dict) -> None:
                 continue
             e = rows[key]
             entries = n if key.endswith("weights") else 11 * n
-            if key == "module-noop":
+            if key in ("module-noop", "module-noop-full"):
                 empty = rows["module-empty"]["median"]
                 ratio = f"{100 * e['median'] / empty:.1f}% of module from-empty"
                 if "save" in rows:
@@ -605,7 +618,7 @@ def print_table(summary: dict) -> None:
     print(head)
     print("-" * len(head))
     for n in sorted(summary):
-        for key, label in ROWS[:3]:
+        for key, label in ROWS[:4]:
             ph = summary[n].get(key, {}).get("phases_median")
             if not ph:
                 continue
