@@ -67,7 +67,7 @@ DEFAULT_PATHS = {"state_file": "/var/lib/saltext-lvs/director.json"}
 # them ends there (see "The no-op check"); full: every run reads the whole table over netlink
 VERIFY = ("quick", "full")
 PROC_IPVS = "/proc/net/ip_vs"
-CHECK_FORMAT = 1
+CHECK_FORMAT = 2
 PROC_VS = "/proc/sys/net/ipv4/vs"
 
 
@@ -654,9 +654,13 @@ def _addr_text(family, raw):
     return str(ipaddress.ip_address(raw[:16]))  # the pillar's spelling (RFC 5952)
 
 
-def observe_host(names=("expire_nodest_conn", "expire_quiescent_template")):
-    """Links (name -> index), the addresses on each and the IPVS sysctls: one rtnetlink dump."""
-    links = {name: {"index": index, "mac": None} for index, name in socket.if_nameindex()}
+def observe_host(interface, names=("expire_nodest_conn", "expire_quiescent_template")):
+    """The director's interface (name -> index; absent when it does not exist), its addresses
+    (one rtnetlink dump) and the IPVS sysctls."""
+    try:
+        links = {interface: {"index": socket.if_nametoindex(interface), "mac": None}}
+    except OSError:  # no such interface (or an empty name)
+        links = {}
     by_index = {v["index"]: k for k, v in links.items()}
     addrs = {name: set() for name in links}
     with NetlinkSocket(socket.NETLINK_ROUTE) as nl:
@@ -672,7 +676,7 @@ def observe_host(names=("expire_nodest_conn", "expire_quiescent_template")):
     sysctl = {}
     for name in names:
         try:
-            with open(f"{PROC_VS}/{name}", encoding="ascii") as fh:
+            with open(f"{PROC_VS}/{name}", "rb") as fh:  # no text codec to look up
                 sysctl[name] = int(fh.read())
         except OSError:
             sysctl[name] = None
@@ -1025,20 +1029,33 @@ def _proc_dest_line(dest):
     return f"  -> {addr}:{dest.port:04X}      {_PROC_FWD[dest.fwd]:<7} {dest.weight:<6} ".encode()
 
 
-def read_proc_table():
-    """{service line: sorted real-server lines} from /proc/net/ip_vs, counters cut off; None
-    when the file is missing or two services print alike (IPv4 and IPv6 fwmark of one mark)."""
+def read_proc_text():
     try:
         with open(PROC_IPVS, "rb") as fh:
-            text = fh.read()
+            return fh.read()
     except OSError:
         return None
+
+
+def _counters_cut(text):
+    """The lines of /proc/net/ip_vs without the version line and the two connection counters
+    of each real server ("%-10d %-10d": the last 21 characters of its line)."""
+    return [line[:-21] if line[:4] == b"  ->" else line for line in text.split(b"\n")[1:]]
+
+
+def proc_token(text):
+    """A digest of /proc/net/ip_vs in the kernel's order, counters cut: equal tokens, same table."""
+    return hashlib.blake2b(b"\n".join(_counters_cut(text)), digest_size=20).digest()
+
+
+def proc_blocks(text):
+    """{service line: sorted real-server lines} from /proc/net/ip_vs, counters cut; None when
+    two services print alike (an IPv4 and an IPv6 fwmark service of one mark)."""
     blocks = {}
     dests = None
-    for line in text.split(b"\n")[3:]:
+    for line in _counters_cut(text)[2:]:
         if line[:4] == b"  ->":
-            # "%-10d %-10d" (active, inactive): 21 characters at the end of every line
-            dests.append(line[:-21])
+            dests.append(line)
         elif line:
             if line in blocks:
                 return None
@@ -1093,8 +1110,8 @@ def _kernel_hz(genl, desired, proc):
 
 def write_check(paths, digest, options, desired, genl):
     """After a successful run: what the next run compares against (see above)."""
-    proc = read_proc_table() or {}
-    hz = _kernel_hz(genl, desired, proc)
+    text = read_proc_text() or b""
+    hz = _kernel_hz(genl, desired, proc_blocks(text) or {})
     expected = {}
     for key, (svc, dests) in desired.items():
         line = _proc_service_line(svc, hz)
@@ -1102,12 +1119,16 @@ def write_check(paths, digest, options, desired, genl):
             return  # cannot be told from /proc: no check file, every run reads in full
         expected[line] = sorted(_proc_dest_line(d) for d in dests.values())
     hidden_svcs, hidden_dests = _hidden(desired)
+    # the kernel's order of this very table, when it is the table the pillar means: the next
+    # run compares one digest, and sorts only when the order changed
+    token = proc_token(text) if proc_blocks(text) == expected else None
     check = {
         "format": CHECK_FORMAT,
         "pillar": digest,
         "record": _file_digest(paths["state_file"]),
         "kernel": " ".join(os.uname()[2:4]),
         "proc": expected,
+        "token": token,
         "interface": options["interface"],
         "vips": sorted({k.addr or k.vip for k in desired if k.addr or k.vip}),
         "sysctl": {n: 1 if options.get(n, True) else 0
@@ -1148,14 +1169,17 @@ def unchanged(paths, digest):
         return False
     if check["record"] is None or _file_digest(paths["state_file"]) != check["record"]:
         return False
-    host = observe_host()
+    host = observe_host(check["interface"])
     held = {a.split("/")[0] for a in host.addrs.get(check["interface"], ())}
     if check["interface"] not in host.links or not held.issuperset(check["vips"]):
         return False
     for name, want in check["sysctl"].items():
         if host.sysctl.get(name) not in (None, want):
             return False
-    if read_proc_table() != check["proc"]:
+    text = read_proc_text()
+    if text is None:
+        return False
+    if proc_token(text) != check["token"] and proc_blocks(text) != check["proc"]:
         return False
     if check["hidden_services"] or check["hidden_dests"]:
         with Genl() as genl:
@@ -1242,7 +1266,7 @@ def _config(minion_id=None, lvs=None):
 
 
 def _run(options, services, paths, test, digest=None):
-    host = observe_host()
+    host = observe_host(options["interface"])
     validate_for_kernel(services, options, host.links)
     desired, names = desired_table(services)
     with Genl() as genl:
@@ -1321,7 +1345,7 @@ def remove(test=False, minion_id=None, lvs=None, **paths):
     if options is None:
         options = {"interface": record.get("interface") or "", "_id": __opts__["id"]}  # pylint: disable=undefined-variable
     options = dict(options, prune=False)
-    host = observe_host()
+    host = observe_host(options["interface"])
     with Genl() as genl:
         live = read_table(genl)
         plan = plan_director({}, live, host, record, options)
@@ -1435,7 +1459,7 @@ def status(minion_id=None, lvs=None, **paths):
         result.update(ok=True, differences=[], pillar=None)
         return result
     desired, names = desired_table(services)
-    host = observe_host()
+    host = observe_host(options["interface"])
     plan = plan_director(desired, live, host, read_record(paths["state_file"]), options, names)
     differences = [
         f"{a.kind.replace('_', ' ')} {a.target}: {a.old} -> {a.new}"

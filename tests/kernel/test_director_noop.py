@@ -14,19 +14,14 @@ import pytest
 
 from tests.kernel.test_director_table import LVS
 from tests.kernel.test_director_table import VIP
+from tests.kernel.test_director_table import director_ns
 
 pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture
 def lb(netns, loaders, tmp_path, kmod):
-    kmod("ip_vs_sh", "ip_vs_mh", "ip_vs_wrr", "ip_vs_wlc", "ip_vs_rr")
-    ns = netns("lb")
-    peer = netns("lan")
-    ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "p0", "netns", peer.name)
-    ns.ip("addr", "add", "198.51.100.2/24", "dev", "eth0")
-    ns.ip("addr", "add", "2001:db8::2/64", "dev", "eth0", "nodad")
-    ns.ip("link", "set", "eth0", "up")
+    ns = director_ns(netns, kmod)
     state_file = str(tmp_path / "director.json")
 
     def apply(lvs=LVS, **kwargs):

@@ -60,8 +60,9 @@ EXPECTED_SAVE = [
 ]
 
 
-@pytest.fixture
-def director(netns, loaders, tmp_path, kmod):
+def director_ns(netns, kmod) -> Netns:
+    """A director namespace "lb" whose eth0 (v4 and v6) faces a "lan" namespace, with the
+    schedulers of :data:`LVS` loaded."""
     kmod("ip_vs_sh", "ip_vs_mh", "ip_vs_wrr", "ip_vs_wlc", "ip_vs_rr")
     ns = netns("lb")
     peer = netns("lan")
@@ -69,6 +70,12 @@ def director(netns, loaders, tmp_path, kmod):
     ns.ip("addr", "add", "198.51.100.2/24", "dev", "eth0")
     ns.ip("addr", "add", "2001:db8::2/64", "dev", "eth0", "nodad")
     ns.ip("link", "set", "eth0", "up")
+    return ns
+
+
+@pytest.fixture
+def director(netns, loaders, tmp_path, kmod):
+    ns = director_ns(netns, kmod)
     state_file = str(tmp_path / "director.json")
 
     def state(fun="present", **kwargs):
