@@ -19,7 +19,10 @@ IPVS is spoken over generic netlink with the standard library (``struct`` and ``
 batches. pyroute2 0.9.7's ``IPVS`` API sends one request per call through its asyncio core
 (about 0.3 ms each on a fast host), which alone makes 1000 services of 10 real servers take
 seconds; its ``IPVSDest.from_message`` also misreports the forwarding method and its
-``"update"`` deletes. pyroute2 is used for the VIP addresses on the director's interface.
+``"update"`` deletes. pyroute2 adds and removes the VIPs on the director's interface; reading
+them is one rtnetlink dump with the standard library.
+
+A run with nothing to do ends before all four steps: see "The no-op check" below (``verify``).
 
 Where the module keeps its record (minion config, optional):
 
