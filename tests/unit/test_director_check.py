@@ -8,6 +8,7 @@ import copy
 import socket
 
 import pytest
+from salt.exceptions import SaltInvocationError
 
 from tests.loadmod import load
 
@@ -96,3 +97,14 @@ def test_the_check_file_is_ignored_when_unreadable_or_of_another_format(tmp_path
     d.drop_check(paths)
     d.drop_check(paths)  # twice: nothing to drop is fine
     assert not (tmp_path / "director.json.check").exists()
+
+
+def test_verify_comes_from_the_argument_or_the_minion_config_and_is_checked():
+    assert d._paths({})["verify"] == "quick"
+    assert d._paths({"verify": "full"})["verify"] == "full"
+    with pytest.raises(SaltInvocationError, match="verify: 'thorough' must be one of quick, full"):
+        d._paths({"verify": "thorough"})
+    configured = load("modules", "lvs_director", opts={"id": "lb1"},
+                      salt={"config.get": lambda key, default=None: {"verify": "full"}})
+    assert configured._paths({})["verify"] == "full"
+    assert configured._paths({"verify": "quick"})["verify"] == "quick"
