@@ -1185,19 +1185,28 @@ def unchanged(paths, digest):
     if proc_token(text) != check["token"] and proc_blocks(text) != check["proc"]:
         return False
     if check["hidden_services"] or check["hidden_dests"]:
-        with Genl() as genl:
-            for key, flags in check["hidden_services"]:
-                attrs = genl.get(CMD_GET_SERVICE, encode_service_key(ServiceKey(*key)))
-                if attrs is None or decode_service(attrs).flags != flags:
-                    return False
-            for key, extra in check["hidden_dests"]:
-                skey = ServiceKey(*key)
-                seen = {}
-                for attrs in genl.dump(CMD_GET_DEST, encode_service_key(skey)):
-                    d = decode_dest(attrs, skey.af)
-                    seen[d.key] = (d.u_thresh, d.l_thresh, d.tun_type, d.tun_port, d.tun_csum)
-                if seen != extra:
-                    return False
+        try:
+            return _hidden_unchanged(check)
+        except OSError:  # a service gone since /proc was read: the full path says what
+            return False
+    return True
+
+
+def _hidden_unchanged(check):
+    """What /proc/net/ip_vs does not show and the pillar sets, read over netlink."""
+    with Genl() as genl:
+        for key, flags in check["hidden_services"]:
+            attrs = genl.get(CMD_GET_SERVICE, encode_service_key(ServiceKey(*key)))
+            if attrs is None or decode_service(attrs).flags != flags:
+                return False
+        for key, extra in check["hidden_dests"]:
+            skey = ServiceKey(*key)
+            seen = {}
+            for attrs in genl.dump(CMD_GET_DEST, encode_service_key(skey)):
+                d = decode_dest(attrs, skey.af)
+                seen[d.key] = (d.u_thresh, d.l_thresh, d.tun_type, d.tun_port, d.tun_csum)
+            if seen != extra:
+                return False
     return True
 
 
