@@ -81,6 +81,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from lab.netns import Netns  # noqa: E402  (needs the sys.path line above)
+from lab.netns import veth_namespace  # noqa: E402
 from tests.loadmod import load  # noqa: E402
 
 # lab.netns turns SIGINT into "delete the namespaces and die"; a KeyboardInterrupt instead lets
@@ -188,22 +189,7 @@ def weight_lines(n: int) -> str:
 
 def fresh_ns(tag: str) -> Netns:
     """A new namespace with lo up and an eth0 veth (peer in the same namespace) on 198.51.100.2/24."""
-    ns = Netns(tag)
-    try:
-        batch = (
-            f"link add {ETH0} type veth peer name {ETH0}peer\n"
-            f"address add {ETH0_ADDR}/{ETH0_PREFIX} dev {ETH0}\n"
-            f"link set {ETH0} up\n"
-            f"link set {ETH0}peer up\n"
-        )
-        subprocess.run(
-            ["ip", "-n", ns.name, "-batch", "-"], input=batch, text=True, check=True,
-            capture_output=True,
-        )
-    except BaseException:
-        ns.delete()
-        raise
-    return ns
+    return veth_namespace(tag, ETH0, f"{ETH0_ADDR}/{ETH0_PREFIX}")
 
 
 def drop_ns(ns: Netns) -> None:

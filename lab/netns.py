@@ -127,6 +127,22 @@ class Netns:
         subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
 
 
+def veth_namespace(tag: str, dev: str, cidr: str) -> Netns:
+    """A new namespace with lo up and a veth ``dev`` (its peer ``<dev>peer`` in the same
+    namespace, so the link is up without a second namespace) holding ``cidr``."""
+    ns = Netns(tag)
+    try:
+        batch = (f"link add {dev} type veth peer name {dev}peer\n"
+                 f"address add {cidr} dev {dev}\n"
+                 f"link set {dev} up\nlink set {dev}peer up\n")
+        subprocess.run(["ip", "-n", ns.name, "-batch", "-"], input=batch, text=True, check=True,
+                       capture_output=True)
+    except BaseException:
+        ns.delete()
+        raise
+    return ns
+
+
 def _read_proc_sys(key: str) -> str:
     with open(f"/proc/sys/{key}", encoding="ascii") as fh:
         return fh.read().strip()
