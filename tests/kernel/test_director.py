@@ -106,7 +106,7 @@ class Held:
     def close(self):
         if self.proc.poll() is None:
             self.proc.stdin.close()
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=30)  # TCG: slow to wind down
 
 
 @pytest.fixture

@@ -24,11 +24,11 @@ removal must survive it.
 import copy
 import json
 import pathlib
-import subprocess
 
 import pytest
 
 from lab.netlab import Lab
+from tests.kernel.test_director import Held
 from tests.loadmod import load
 
 pytestmark = pytest.mark.kernel
@@ -269,33 +269,6 @@ def ipvs_dests(minions):
     status = minions.call("lb1", "lvs_director.status")["ret"]
     entry = status["live"].get(f"tcp {VIP}:{PORT}", {"realservers": {}})
     return {dest: (rs["weight"], rs["active"]) for dest, rs in entry["realservers"].items()}
-
-
-class Held:
-    """A long-lived TCP connection from the client, driven line by line (bash /dev/tcp)."""
-
-    SCRIPT = (
-        'exec 3<>/dev/tcp/{ip}/{port} || exit 9; IFS= read -r -t 10 hello <&3; echo "$hello"; '
-        'while IFS= read -r line; do echo "$line" >&3; '
-        'IFS= read -r -t 10 back <&3 || {{ echo LOST; exit 3; }}; echo "$back"; done'
-    )
-
-    def __init__(self, lab):
-        self.proc = lab.client.ns.popen(
-            "bash", "-c", self.SCRIPT.format(ip=VIP, port=PORT), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.hello = self.proc.stdout.readline().strip()
-        self.server = self.hello.split(" ")[0] if self.hello else None
-
-    def ping(self, text="ping"):
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline().strip()
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
 
 
 # --------------------------------------------------------------------------------------------
