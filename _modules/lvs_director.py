@@ -205,7 +205,7 @@ class NetlinkSocket:
                        + body)
         return self.seq
 
-    def dump_bodies(self, kind, body):
+    def dump_bodies(self, kind, body, what="netlink dump"):
         """The bodies of every message a dump request answers with."""
         seq = self.request(kind, body, NLM_F_DUMP)
         out = []
@@ -216,7 +216,7 @@ class NetlinkSocket:
                 return out
             if mkind == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", mbody)[0]
-                raise OSError(code, f"netlink dump: {os.strerror(code)}")
+                raise OSError(code, f"{what}: {os.strerror(code)}")
             out.append(mbody)
 
 
@@ -267,10 +267,8 @@ class Genl(NetlinkSocket):
 
     def dump(self, cmd, payload=b""):
         body = _GENL.pack(cmd, IPVS_GENL_VERSION, 0) + payload
-        try:
-            return [parse_attrs(b, _GENL.size) for b in self.dump_bodies(self.family, body)]
-        except OSError as err:
-            raise OSError(err.errno, f"IPVS dump: {os.strerror(err.errno)}") from err
+        return [parse_attrs(b, _GENL.size)
+                for b in self.dump_bodies(self.family, body, "IPVS dump")]
 
     def batch(self, requests):
         """Send ``(cmd, payload)`` requests with acks; return the errno of each (0 = done)."""
@@ -661,21 +659,20 @@ def observe_host(interface, names=("expire_nodest_conn", "expire_quiescent_templ
     """The director's interface (name -> index; absent when it does not exist), its addresses
     (one rtnetlink dump) and the IPVS sysctls."""
     try:
-        links = {interface: {"index": socket.if_nametoindex(interface), "mac": None}}
+        wanted = socket.if_nametoindex(interface)
     except OSError:  # no such interface (or an empty name)
-        links = {}
-    by_index = {v["index"]: k for k, v in links.items()}
-    addrs = {name: set() for name in links}
-    with NetlinkSocket(socket.NETLINK_ROUTE) as nl:
-        for body in nl.dump_bodies(RTM_GETADDR, _IFADDRMSG.pack(0, 0, 0, 0, 0)):
-            family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(body)
-            name = by_index.get(index)
-            if name is None or family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            attrs = parse_attrs(body, _IFADDRMSG.size)
-            raw = attrs.get(IFA_ADDRESS) or attrs.get(IFA_LOCAL)
-            if raw:
-                addrs[name].add(f"{_addr_text(family, raw)}/{prefixlen}")
+        links, addrs = {}, {}
+    else:
+        links, addrs = {interface: {"index": wanted, "mac": None}}, {interface: set()}
+        with NetlinkSocket(socket.NETLINK_ROUTE) as nl:
+            for body in nl.dump_bodies(RTM_GETADDR, _IFADDRMSG.pack(0, 0, 0, 0, 0)):
+                family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(body)
+                if index != wanted or family not in (socket.AF_INET, socket.AF_INET6):
+                    continue
+                attrs = parse_attrs(body, _IFADDRMSG.size)
+                raw = attrs.get(IFA_ADDRESS) or attrs.get(IFA_LOCAL)
+                if raw:
+                    addrs[interface].add(f"{_addr_text(family, raw)}/{prefixlen}")
     sysctl = {}
     for name in names:
         try:
@@ -1068,22 +1065,25 @@ def proc_blocks(text):
     return blocks
 
 
+def _dest_hidden(d):
+    """A real server's attributes that /proc/net/ip_vs does not print."""
+    return (d.u_thresh, d.l_thresh, d.tun_type, d.tun_port, d.tun_csum)
+
+
+_DEST_HIDDEN_DEFAULT = _dest_hidden(Dest("", 0))
+
+
 def _hidden(desired):
     """What /proc/net/ip_vs does not show and the pillar sets: (services, real servers)."""
     svcs, dests = [], []
     for key, (svc, table) in desired.items():
-        hidden_flags = svc.flags & ~(SVC_F_PERSISTENT | SVC_F_ONEPACKET)
-        if key.af == socket.AF_INET6:
-            hidden_flags = svc.flags & ~SVC_F_PERSISTENT
-        if hidden_flags:
+        # /proc prints persistence always, one-packet for IPv4 services only
+        shown = SVC_F_PERSISTENT | (SVC_F_ONEPACKET if key.af == socket.AF_INET else 0)
+        if svc.flags & ~shown:
             svcs.append((_key_tuple(key), svc.flags))
-        if any(d.u_thresh or d.l_thresh or d.tun_type != "ipip" or d.tun_port
-               or d.tun_csum != "nocsum" for d in table.values()):
+        if any(_dest_hidden(d) != _DEST_HIDDEN_DEFAULT for d in table.values()):
             # the dump returns all of the service's real servers: check every one of them
-            dests.append((_key_tuple(key), {
-                d.key: (d.u_thresh, d.l_thresh, d.tun_type, d.tun_port, d.tun_csum)
-                for d in table.values()
-            }))
+            dests.append((_key_tuple(key), {d.key: _dest_hidden(d) for d in table.values()}))
     return svcs, dests
 
 
@@ -1114,7 +1114,8 @@ def _kernel_hz(genl, desired, proc):
 def write_check(paths, digest, options, desired, genl):
     """After a successful run: what the next run compares against (see above)."""
     text = read_proc_text() or b""
-    hz = _kernel_hz(genl, desired, proc_blocks(text) or {})
+    blocks = proc_blocks(text)
+    hz = _kernel_hz(genl, desired, blocks or {})
     expected = {}
     for key, (svc, dests) in desired.items():
         line = _proc_service_line(svc, hz)
@@ -1124,7 +1125,7 @@ def write_check(paths, digest, options, desired, genl):
     hidden_svcs, hidden_dests = _hidden(desired)
     # the kernel's order of this very table, when it is the table the pillar means: the next
     # run compares one digest, and sorts only when the order changed
-    token = proc_token(text) if proc_blocks(text) == expected else None
+    token = proc_token(text) if blocks == expected else None
     check = {
         "format": CHECK_FORMAT,
         "pillar": digest,
@@ -1204,7 +1205,7 @@ def _hidden_unchanged(check):
             seen = {}
             for attrs in genl.dump(CMD_GET_DEST, encode_service_key(skey)):
                 d = decode_dest(attrs, skey.af)
-                seen[d.key] = (d.u_thresh, d.l_thresh, d.tun_type, d.tun_port, d.tun_csum)
+                seen[d.key] = _dest_hidden(d)
             if seen != extra:
                 return False
     return True
