@@ -614,28 +614,26 @@ def print_table(summary: dict) -> None:
 
 
 def verdicts(summary: dict) -> list[dict]:
+    """The issue's two targets per size: from empty within TARGET_RATIO x of ``ipvsadm -R``,
+    and the no-op under TARGET_NOOP_SHARE of from-empty (both by medians)."""
+    targets = (
+        ("module-empty", "restore-empty", "module from-empty, {n} services x 10, within "
+         f"{TARGET_RATIO:g}x of ipvsadm -R", lambda r: r <= TARGET_RATIO,
+         lambda r, a, b: f"{r:.2f}x ({a['median']:.3f} s vs {b['median']:.3f} s; min vs min "
+                         f"{a['min'] / b['min']:.2f}x)"),
+        ("module-noop", "module-empty", "module no-op, {n} services x 10, under "
+         f"{TARGET_NOOP_SHARE:.0%} of from-empty", lambda r: r < TARGET_NOOP_SHARE,
+         lambda r, a, b: f"{r:.1%} ({a['median']:.3f} s vs {b['median']:.3f} s)"),
+    )
     out = []
     for n in sorted(summary):
         rows = summary[n]
-        if "module-empty" in rows and "restore-empty" in rows:
-            mod, base = rows["module-empty"], rows["restore-empty"]
-            ratio = mod["median"] / base["median"]
-            out.append({
-                "target": f"module from-empty, {n} services x 10, within {TARGET_RATIO:g}x of "
-                          "ipvsadm -R",
-                "value": f"{ratio:.2f}x ({mod['median']:.3f} s vs {base['median']:.3f} s; min vs "
-                         f"min {mod['min'] / base['min']:.2f}x)",
-                "verdict": "PASS" if ratio <= TARGET_RATIO else "FAIL",
-            })
-        if "module-noop" in rows and "module-empty" in rows:
-            noop, empty = rows["module-noop"], rows["module-empty"]
-            share = noop["median"] / empty["median"]
-            out.append({
-                "target": f"module no-op, {n} services x 10, under {TARGET_NOOP_SHARE:.0%} of "
-                          "from-empty",
-                "value": f"{share:.1%} ({noop['median']:.3f} s vs {empty['median']:.3f} s)",
-                "verdict": "PASS" if share < TARGET_NOOP_SHARE else "FAIL",
-            })
+        for row, base, target, ok, value in targets:
+            if row in rows and base in rows:
+                a, b = rows[row], rows[base]
+                ratio = a["median"] / b["median"]
+                out.append({"target": target.format(n=n), "value": value(ratio, a, b),
+                            "verdict": "PASS" if ok(ratio) else "FAIL"})
     return out
 
 
