@@ -45,6 +45,22 @@ class NetnsSaltMinion(SaltMinion):
         return super().salt_call_cli(factory_class=factory_class, **factory_class_kwargs)
 
 
+def master_overrides(repo_root, **extra) -> dict:
+    """Config for the master in pytest's namespace, listening on the LAN address the lab's
+    minions reach. Its file root is the formula (salt://lvs/...) and, through symlinks in salt/,
+    the custom types (salt://_modules/...): not the repository root, where Salt would walk .venv
+    and .git."""
+    overrides = {
+        "interface": SALT_ADDRESS,
+        "file_roots": {"base": [str(repo_root / "salt")]},
+        "file_ignore_regex": [r"(^|/)__pycache__(/|$)"],
+        "log_level_logfile": "info",
+        "pytest-master": {"log": {"level": "info"}},
+    }
+    overrides.update(extra)
+    return overrides
+
+
 def minion_overrides(master_address: str = SALT_ADDRESS, **extra) -> dict:
     """Config for a minion in a lab namespace: master, event returner and log server all sit in
     pytest's namespace, which the minion reaches over the LAN (127.0.0.1 is its own lo)."""

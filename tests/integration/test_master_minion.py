@@ -16,9 +16,9 @@ import yaml
 from lab import netlab
 from tests.conftest import lvs_realserver_opts
 from tests.integration.netns_minion import (
-    SALT_ADDRESS,
     NetnsSaltMinion,
     attach_session_netns,
+    master_overrides,
     minion_overrides,
 )
 
@@ -36,15 +36,7 @@ def lab(session_netns):
 def salt_master(lab, salt_factories, repo_root):
     master = salt_factories.salt_master_daemon(
         "lvs-master",
-        overrides={
-            "interface": SALT_ADDRESS,
-            # The formula (salt://lvs/...) and, through symlinks in salt/, the custom types
-            # (salt://_modules/...). Not the repository root: Salt would walk .venv and .git.
-            "file_roots": {"base": [str(repo_root / "salt")]},
-            "file_ignore_regex": [r"(^|/)__pycache__(/|$)"],
-            "log_level_logfile": "info",
-            "pytest-master": {"log": {"level": "info"}},
-        },
+        overrides=master_overrides(repo_root),
     )
     # The pillar is the lvs tree of pillar.example, for every minion.
     example = yaml.safe_load((repo_root / "pillar.example").read_text())

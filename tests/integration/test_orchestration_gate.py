@@ -20,9 +20,9 @@ import yaml
 from lab import netlab
 from tests.conftest import lvs_realserver_opts
 from tests.integration.netns_minion import (
-    SALT_ADDRESS,
     NetnsSaltMinion,
     attach_session_netns,
+    master_overrides,
     minion_overrides,
 )
 
@@ -52,13 +52,7 @@ def lab(session_netns):
 def salt_master(lab, salt_factories, repo_root):
     master = salt_factories.salt_master_daemon(
         "lvs-orch-master",
-        overrides={
-            "interface": SALT_ADDRESS,
-            "file_roots": {"base": [str(repo_root / "salt")]},
-            "file_ignore_regex": [r"(^|/)__pycache__(/|$)"],
-            "log_level_logfile": "info",
-            "pytest-master": {"log": {"level": "info"}},
-        },
+        overrides=master_overrides(repo_root),
     )
     pillar = master.pillar_tree.base
     with pillar.temp_file("top.sls", "base:\n  '*':\n    - lvs\n"), \

@@ -26,9 +26,9 @@ import yaml
 from lab import netlab
 from tests.conftest import lvs_realserver_opts
 from tests.integration.netns_minion import (
-    SALT_ADDRESS,
     NetnsSaltMinion,
     attach_session_netns,
+    master_overrides,
     minion_overrides,
 )
 
@@ -61,14 +61,7 @@ def salt_master(lab, salt_factories, repo_root):
     snippet["lvs_remediate"]["window"] = WINDOW
     master = salt_factories.salt_master_daemon(
         "lvs-remediation-master",
-        overrides={
-            "interface": SALT_ADDRESS,
-            "file_roots": {"base": [str(repo_root / "salt")]},
-            "file_ignore_regex": [r"(^|/)__pycache__(/|$)"],
-            "log_level_logfile": "info",
-            "pytest-master": {"log": {"level": "info"}},
-            **snippet,
-        },
+        overrides=master_overrides(repo_root, **snippet),
     )
     example = yaml.safe_load((repo_root / "pillar.example").read_text())
     top = "base:\n  '*':\n    - lvs\n  'rs1':\n    - beacon_rs1\n  'rs2':\n    - beacon_off\n"
